@@ -1,0 +1,91 @@
+"""One settings object for the CLI and the server: flags > environment (ROUTE_*) > config file > defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_DIR = Path(platformdirs.user_config_dir("route"))
+
+
+def default_config_file() -> Path:
+    """The user's config file; ROUTE_CONFIG_FILE points elsewhere (tests, several setups)."""
+    return Path(os.environ.get("ROUTE_CONFIG_FILE", CONFIG_DIR / "config.yaml"))
+
+
+def default_memory_budget() -> int:
+    """Half of physical RAM: leaves room for the editor, the browser and the OS."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 * 1024**3
+
+
+class Settings(BaseSettings):
+    """Everything the router can be told. Each description doubles as CLI help text."""
+
+    model_config = SettingsConfigDict(env_prefix="ROUTE_", extra="forbid", validate_default=True)
+
+    host: str = Field("127.0.0.1", description="Address to bind; a non-loopback address requires api_key.")
+    port: int = Field(8012, ge=0, le=65535, description="Port to listen on (8012: the llama.vim / llama.vscode default).")
+    api_key: SecretStr | None = Field(None, description="If set, every request must send `Authorization: Bearer <key>`.")
+    cors_origins: list[str] = Field(default_factory=list, description="Browser origins allowed by CORS (none by default).")
+    max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest request body accepted; larger bodies get 413.")
+
+    profile: str = Field("starter", description="Built-in model profile used when no catalog file is given.")
+    catalog: Path | None = Field(None, description="A YAML model catalog; overrides the profile.")
+    models: dict[str, Path] = Field(
+        default_factory=dict, description="Local GGUF files per label (LABEL=PATH), used without any catalog."
+    )
+    models_dir: Path = Field(
+        Path(platformdirs.user_data_dir("route")) / "models",
+        description="Where local model paths may live, and where assembled offline weights are kept.",
+    )
+
+    memory_budget_bytes: int = Field(
+        default_factory=default_memory_budget, gt=0, description="Bytes of model weights the pool may keep loaded."
+    )
+    idle_ttl_s: float = Field(900.0, ge=0, description="Unload a model idle this long (0: never).")
+    queue_size: int = Field(16, ge=1, description="Requests waiting per model before 503 + Retry-After.")
+    n_threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, description="llama.cpp decode threads per model."
+    )
+    n_threads_batch: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, description="llama.cpp prompt-processing threads."
+    )
+    preload: list[str] = Field(default_factory=list, description="Model ids loaded at startup and pinned.")
+
+    classifier_artifact: Path | None = Field(None, description="A classifier .skops file replacing the shipped one.")
+
+    server_url: str | None = Field(None, description="CLI: send prompts to this running router instead of in-process.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="Upstream backends: connect timeout.")
+    first_token_timeout_s: float = Field(120.0, gt=0, description="Upstream backends: time allowed until the first token.")
+    idle_stream_timeout_s: float = Field(60.0, gt=0, description="Upstream backends: longest silence inside a stream.")
+
+    log_level: str = Field("info", description="Logging level: debug, info, warning, error.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=default_config_file()))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """The single entry point: CLI flags arrive as overrides (None means 'not given')."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

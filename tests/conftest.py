@@ -1,0 +1,24 @@
+"""Shared fixtures: real tiny GGUF files written once per session."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_gguf import write_tiny_gguf  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory) -> Path:
+    """A tiny llama-architecture GGUF with Qwen-style FIM tokens and a ChatML template."""
+    return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny-qwen.gguf", fim_family="qwen")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_nofim(tmp_path_factory) -> Path:
+    """The same tiny model without any FIM tokens: must never be offered for `fim`."""
+    return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny-nofim.gguf", fim_family=None, seed=1)
