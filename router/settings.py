@@ -10,6 +10,7 @@ import platformdirs
 from pydantic import Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -89,3 +90,25 @@ class Settings(BaseSettings):
 def load_settings(**overrides: Any) -> Settings:
     """The single entry point: CLI flags arrive as overrides (None means 'not given')."""
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def setting_sources(**overrides: Any) -> dict[str, str]:
+    """Where each effective setting comes from (`route config`): flag, env ROUTE_*, config file, or default.
+
+    Mirrors the precedence of load_settings by asking the same sources it uses.
+    """
+    given = {k for k, v in overrides.items() if v is not None}
+    from_env = EnvSettingsSource(Settings)()
+    config_file = default_config_file()
+    from_file = YamlConfigSettingsSource(Settings, yaml_file=config_file)()
+    sources = {}
+    for name in Settings.model_fields:
+        if name in given:
+            sources[name] = "flag"
+        elif name in from_env:
+            sources[name] = f"env ROUTE_{name.upper()}"
+        elif name in from_file:
+            sources[name] = f"config file {config_file}"
+        else:
+            sources[name] = "default"
+    return sources
