@@ -143,6 +143,8 @@ def describe_error(exc: BaseException) -> tuple[str, str | None]:
     module = type(exc).__module__
     if kind == "ArtifactError" and module.startswith("classifier"):
         return str(exc), "Rebuild it with `route train`, or unset classifier_artifact (`route config` shows it)."
+    if module.split(".")[0] in ("models", "classifier", "router"):
+        return str(exc), None  # our own errors are written for people already
     if kind == "ValidationError":
         return _describe_validation_error(exc), "`route config` shows every setting and where it came from."
     try:
