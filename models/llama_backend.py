@@ -1,0 +1,476 @@
+"""The in-process backend: one GGUF model in llama-cpp-python, driven token by token.
+
+It renders and tokenizes every prompt itself (chat template, raw completion, FIM per family)
+so it can refuse an over-long prompt before any work, and it runs its own small decode loop
+on llama.cpp's sampler chain instead of `create_completion`: less Python per token (this loop
+shares two cores with llama.cpp), cancellation checked between tokens, stop strings and
+llama.vim's `t_max_predict_ms` honoured, and never llama-cpp-python's broken `suffix` path.
+Not thread-safe: the pool gives it exactly one worker thread.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from models.backend import BackendOptions, Done, Event, GenerationRequest, SamplingParams, Token
+from models.errors import ContextLengthExceeded, FimNotSupported, InvalidRequest, ModelLoadFailed
+from models.fim import FimPrompt, FimTokens, Piece, build_fim_prompt, detect_fim, translate_fim_prompt
+from models.gguf_header import diagnose_gguf
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# A base model without a chat template still gets a readable transcript.
+TRANSCRIPT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}\n"
+    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+TRANSCRIPT_STOPS = ("\nUser:", "\nSystem:")
+# FIM prompts that do not fit are trimmed (as llama.cpp's /infill does), keeping room for this
+# many new tokens (or max_tokens, if smaller) and the prefix:suffix budget at 3:1.
+FIM_RESERVE_TOKENS = 256
+
+
+class LlamaBackend:
+    """A loaded GGUF model implementing the Backend protocol (parallel = 1: one llama.cpp context)."""
+
+    parallel = 1
+
+    def __init__(self, spec: Any, weights_path: Path | str, options: BackendOptions | None = None) -> None:
+        options = options or BackendOptions()
+        self.model_id: str = spec.id
+        self.weights_path = Path(weights_path)
+        started = time.perf_counter()
+        if not self.weights_path.is_file():
+            raise ModelLoadFailed(
+                f"Model {self.model_id!r} cannot load: its GGUF file {self.weights_path} does not exist.",
+                model=self.model_id,
+            )
+        n_ctx = int(spec.n_ctx)
+        try:
+            self._llm = llama_cpp.Llama(
+                str(self.weights_path),
+                n_ctx=n_ctx,
+                n_batch=min(512, n_ctx),
+                n_gpu_layers=int(getattr(spec, "n_gpu_layers", 0) or 0),
+                n_threads=options.n_threads,
+                n_threads_batch=options.n_threads_batch,
+                use_mmap=True,
+                verbose=False,
+            )
+        except Exception as exc:  # llama.cpp only says "failed to load"; find out why
+            cause = diagnose_gguf(self.weights_path) or f"llama.cpp refused it ({exc})"
+            raise ModelLoadFailed(
+                f"Model {self.model_id!r} failed to load from {self.weights_path}: {cause}", model=self.model_id
+            ) from exc
+        self.load_ms = (time.perf_counter() - started) * 1000.0
+        llm = self._llm
+        self.n_ctx: int = llm.n_ctx()
+        self._ctx = llm._ctx.ctx
+        self._vocab = llm._model.vocab
+        self._sample = llama_cpp.llama_sampler_sample
+        self._is_eog = llama_cpp.llama_vocab_is_eog
+        self._decode = llama_cpp.llama_decode
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._pieces: dict[int, bytes] = {}
+        self._special_ids: dict[str, int | None] = {}
+        self._add_bos = bool(llm._model.add_bos_token()) and llm.token_bos() >= 0
+        self._bos = llm.token_bos()
+        metadata = llm.metadata
+        self.fim: FimTokens | None = detect_fim(self._has_token, override=getattr(spec, "fim_family", None))
+        template = getattr(spec, "chat_template", None) or metadata.get("tokenizer.chat_template")
+        self._chat_stops: tuple[str, ...] = ()
+        if not template:
+            template = CHATML_TEMPLATE if self._has_token("<|im_start|>") else TRANSCRIPT_TEMPLATE
+            self._chat_stops = () if template is CHATML_TEMPLATE else TRANSCRIPT_STOPS
+        self.chat_template: str = template
+        self._template = _jinja_env().from_string(template)
+        self._bos_text = llm._model.token_get_text(self._bos) if self._bos >= 0 else ""
+        self._eos_text = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() >= 0 else ""
+        self.memory_bytes: int = self.weights_path.stat().st_size + _kv_cache_bytes(metadata, self.n_ctx)
+        self._prepared: tuple[GenerationRequest, _Prepared] | None = None
+        self._closed = False
+
+    # ---- Backend protocol ---------------------------------------------------------------
+
+    @property
+    def supports_fim(self) -> bool:
+        return self.fim is not None
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        return len(self._prepare(request).tokens)
+
+    def generate(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[Event]:
+        """Evaluate the prompt (reusing the KV cache's common prefix) and stream tokens, then Done."""
+        if self._closed:
+            raise ModelLoadFailed(f"Model {self.model_id!r} was unloaded.", model=self.model_id)
+        prep = self._prepare(request)
+        self._prepared = None
+        self._check_fits(prep, request)
+        return self._run(prep, request, cancel)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._llm.close()
+
+    # ---- prompt ---------------------------------------------------------------------------
+
+    def _prepare(self, request: GenerationRequest) -> _Prepared:
+        """Render and tokenize once; the pool's token count and the generation share the result."""
+        if self._prepared is not None and self._prepared[0] is request:
+            return self._prepared[1]
+        prep = self._render(request)
+        self._prepared = (request, prep)
+        return prep
+
+    def _render(self, request: GenerationRequest) -> _Prepared:
+        if request.kind == "chat":
+            text = self._render_chat(request.messages)
+            add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
+            return _Prepared(self._tokenize(text, add_bos=add_bos, special=True), self._chat_stops, frozenset())
+        if request.kind == "complete":
+            fim = translate_fim_prompt(request.prompt, self.fim, model_id=self.model_id)
+            if fim is None:
+                return _Prepared(self._tokenize(request.prompt, add_bos=self._add_bos, special=True), (), frozenset())
+            return self._fim_tokens(fim, request.params, trim=False)
+        if request.kind == "fim":
+            if self.fim is None:
+                raise FimNotSupported(
+                    f"Model {self.model_id!r} has no fill-in-the-middle tokens in its vocabulary, so it cannot do "
+                    "FIM. Use a FIM-capable coder model (Qwen2.5-Coder, StarCoder2, DeepSeek-Coder, CodeLlama, "
+                    "Codestral), or set `fim_family` in the catalog if its tokens are spelled unusually.",
+                    model=self.model_id,
+                )
+            fim = build_fim_prompt(self.fim, request.prefix + request.prompt, request.suffix, request.extra)
+            return self._fim_tokens(fim, request.params, trim=True)
+        raise InvalidRequest(f"unknown generation kind {request.kind!r}")
+
+    def _render_chat(self, messages: Sequence[dict]) -> str:
+        if not messages:
+            raise InvalidRequest("a chat request needs at least one message", param="messages")
+        try:
+            return self._template.render(
+                messages=[_plain_message(m) for m in messages],
+                add_generation_prompt=True,
+                bos_token=self._bos_text,
+                eos_token=self._eos_text,
+                raise_exception=_raise_template_error,
+                strftime_now=lambda fmt: datetime.now().strftime(fmt),
+                tools=None,
+            )
+        except InvalidRequest:
+            raise
+        except Exception as exc:
+            raise InvalidRequest(f"model {self.model_id!r}'s chat template failed on these messages: {exc}",
+                                 param="messages") from exc
+
+    def _fim_tokens(self, fim: FimPrompt, params: SamplingParams, *, trim: bool) -> _Prepared:
+        stop_ids = frozenset(i for i in (self._token_id(s) for s in fim.stops) if i is not None)
+        if not fim.pieces:  # already in this model's own format: the client's text as it is
+            return _Prepared(self._tokenize(fim.text, add_bos=self._add_bos, special=True), (), stop_ids)
+        runs: list[tuple[Piece, list[int]]] = []
+        for piece in fim.pieces:
+            tid = self._token_id(piece.text) if piece.special else None
+            if tid is not None:
+                runs.append((piece, [tid]))
+            else:
+                runs.append((piece, self._tokenize(piece.text, add_bos=False, special=False)))
+        head = [self._bos] if self._add_bos else []
+        truncated = False
+        if trim:
+            reserve = min(params.max_tokens or FIM_RESERVE_TOKENS, FIM_RESERVE_TOKENS, self.n_ctx // 4)
+            runs, truncated = _trim_fim(runs, self.n_ctx - reserve - len(head))
+        tokens = head + [t for _, ids in runs for t in ids]
+        return _Prepared(tokens, (), stop_ids, truncated)
+
+    def _check_fits(self, prep: _Prepared, request: GenerationRequest) -> None:
+        need = len(prep.tokens) + (0 if request.warmup else 1)
+        if need > self.n_ctx:
+            raise ContextLengthExceeded(
+                f"The prompt is {len(prep.tokens)} tokens, but model {self.model_id!r} has a context of "
+                f"{self.n_ctx} tokens (room is needed for at least one new token). Shorten the prompt.",
+                param="messages" if request.kind == "chat" else "prompt",
+                prompt_tokens=len(prep.tokens),
+                n_ctx=self.n_ctx,
+            )
+
+    # ---- decode loop --------------------------------------------------------------------------
+
+    def _run(self, prep: _Prepared, request: GenerationRequest, cancel: threading.Event) -> Iterator[Event]:
+        llm = self._llm
+        tokens = prep.tokens
+        params = request.params
+        started = time.perf_counter()
+        try:
+            # Keep the KV cache for the prompt's common prefix with the previous one (editor
+            # requests share most of their prompt), at least one token is always evaluated.
+            cached = 0
+            limit = min(llm.n_tokens, len(tokens) - 1)
+            previous = llm.input_ids
+            while cached < limit and previous[cached] == tokens[cached]:
+                cached += 1
+            llm.n_tokens = cached
+            llm.eval(tokens[cached:])
+        except Exception:
+            llm.n_tokens = 0
+            raise
+        gen_start = time.perf_counter()
+        prompt_ms = (gen_start - started) * 1000.0
+        if request.warmup:
+            yield Done("stop", prompt_tokens=len(tokens), cached_tokens=cached, prompt_ms=prompt_ms,
+                       truncated=prep.truncated)
+            return
+
+        sampler = _make_sampler(params, llm.n_vocab())
+        ctx, vocab, sample, is_eog, decode = self._ctx, self._vocab, self._sample, self._is_eog, self._decode
+        stop_ids = prep.stop_ids
+        batch = llm._batch.batch
+        input_ids = llm.input_ids
+        n_ctx = self.n_ctx
+        max_new = params.max_tokens if params.max_tokens is not None else n_ctx
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = tuple(s for s in params.stop if s) + prep.stop_strings
+        matcher = _StopMatcher(stops) if stops else None
+        deadline = gen_start + params.t_max_predict_ms / 1000.0 if params.t_max_predict_ms else None
+        seen_newline = False
+        n_new = 0
+        finish = "length"
+        try:
+            while True:
+                if cancel.is_set():
+                    finish = "cancelled"
+                    break
+                if n_new >= max_new or llm.n_tokens >= n_ctx:
+                    finish = "length"
+                    break
+                tok = sample(sampler.sampler, ctx, -1)
+                if tok in stop_ids or is_eog(vocab, tok):
+                    finish = "stop"
+                    break
+                n_new += 1
+                piece = self._pieces.get(tok)
+                if piece is None:
+                    piece = self._piece(tok)
+                text = decoder.decode(piece)
+                stop_now = False
+                if text:
+                    if matcher is not None:
+                        text, stop_now = matcher.feed(text)
+                    if deadline is not None:
+                        seen_newline = seen_newline or "\n" in text
+                        if seen_newline and time.perf_counter() > deadline:
+                            stop_now, finish = True, "length"
+                    if text:
+                        yield Token(text)
+                    if stop_now:
+                        finish = "stop" if matcher is not None and matcher.stopped else finish
+                        break
+                # Evaluate the sampled token: one llama_decode of a one-token batch.
+                pos = llm.n_tokens
+                batch.n_tokens = 1
+                batch.token[0] = tok
+                batch.pos[0] = pos
+                batch.n_seq_id[0] = 1
+                batch.seq_id[0][0] = 0
+                batch.logits[0] = True
+                if decode(ctx, batch) != 0:
+                    raise RuntimeError(f"llama_decode failed at position {pos}")
+                input_ids[pos] = tok
+                llm.n_tokens = pos + 1
+        except BaseException:
+            llm.n_tokens = 0  # the KV cache no longer matches input_ids
+            raise
+        finally:
+            sampler.close()
+        tail = decoder.decode(b"", final=True)
+        if matcher is not None and finish != "stop":
+            tail = matcher.flush(tail)
+        elif matcher is None and finish == "stop":
+            pass
+        if tail and finish != "cancelled":
+            yield Token(tail)
+        yield Done(
+            finish,  # type: ignore[arg-type]
+            prompt_tokens=len(tokens),
+            completion_tokens=n_new,
+            cached_tokens=cached,
+            prompt_ms=prompt_ms,
+            predicted_ms=(time.perf_counter() - gen_start) * 1000.0,
+            truncated=prep.truncated,
+        )
+
+    # ---- vocabulary -----------------------------------------------------------------------------
+
+    def _tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
+        if not text:
+            return [self._bos] if add_bos else []
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+
+    def _token_id(self, text: str) -> int | None:
+        """The id of the single token spelled exactly `text` in the vocabulary, if there is one."""
+        if text not in self._special_ids:
+            ids = self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+            tid = ids[0] if len(ids) == 1 and self._llm._model.token_get_text(ids[0]) == text else None
+            self._special_ids[text] = tid
+        return self._special_ids[text]
+
+    def _has_token(self, text: str) -> bool:
+        return self._token_id(text) is not None
+
+    def _piece(self, tok: int) -> bytes:
+        buf = self._piece_buf
+        n = llama_cpp.llama_token_to_piece(self._vocab, tok, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, tok, buf, len(buf), 0, False)
+        piece = buf.raw[:n]
+        self._pieces[tok] = piece
+        return piece
+
+
+class _Prepared:
+    """A rendered, tokenized prompt and what ends its generation."""
+
+    __slots__ = ("tokens", "stop_strings", "stop_ids", "truncated")
+
+    def __init__(self, tokens: list[int], stop_strings: tuple[str, ...], stop_ids: frozenset[int],
+                 truncated: bool = False) -> None:
+        self.tokens = tokens
+        self.stop_strings = stop_strings
+        self.stop_ids = stop_ids
+        self.truncated = truncated
+
+
+class _StopMatcher:
+    """Finds stop strings across token boundaries, holding back only text that may start one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(stops)
+        self.held = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        buf = self.held + text
+        cut = -1
+        for s in self.stops:
+            i = buf.find(s)
+            if i >= 0 and (cut < 0 or i < cut):
+                cut = i
+        if cut >= 0:
+            self.held = ""
+            self.stopped = True
+            return buf[:cut], True
+        keep = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(buf)), keep, -1):
+                if buf.endswith(s[:k]):
+                    keep = k
+                    break
+        self.held = buf[len(buf) - keep:] if keep else ""
+        return (buf[: len(buf) - keep] if keep else buf), False
+
+    def flush(self, tail: str) -> str:
+        out, _ = self.feed(tail)
+        if self.stopped:
+            return out
+        out, self.held = out + self.held, ""
+        return out
+
+
+def _trim_fim(runs: list[tuple[Piece, list[int]]], budget: int) -> tuple[list[tuple[Piece, list[int]]], bool]:
+    """Fit a FIM prompt in `budget` tokens: drop repo context first, then cut the prefix's head
+    and the suffix's tail, keeping the prefix:suffix split at 3:1 (llama.cpp's choice)."""
+    total = sum(len(ids) for _, ids in runs)
+    if total <= budget:
+        return runs, False
+    runs = [(p, ids) for p, ids in runs if p.role != "extra"]
+    total = sum(len(ids) for _, ids in runs)
+    if total <= budget:
+        return runs, True
+    fixed = sum(len(ids) for p, ids in runs if p.role not in ("prefix", "suffix"))
+    room = max(0, budget - fixed)
+    n_pre = sum(len(ids) for p, ids in runs if p.role == "prefix")
+    n_suf = sum(len(ids) for p, ids in runs if p.role == "suffix")
+    take_suf = min(n_suf, max(room // 4, room - n_pre))
+    take_pre = min(n_pre, room - take_suf)
+    out = []
+    for p, ids in runs:
+        if p.role == "prefix":
+            ids = ids[len(ids) - take_pre:] if take_pre else []
+        elif p.role == "suffix":
+            ids = ids[:take_suf]
+        out.append((p, ids))
+    return out, True
+
+
+def _make_sampler(params: SamplingParams, n_vocab: int) -> Any:
+    from llama_cpp._internals import LlamaSampler
+
+    sampler = LlamaSampler()
+    if params.logit_bias:
+        sampler.add_logit_bias(n_vocab, {int(k): float(v) for k, v in params.logit_bias.items()})
+    if params.repeat_penalty != 1.0 or params.frequency_penalty or params.presence_penalty:
+        sampler.add_penalties(64, params.repeat_penalty, params.frequency_penalty, params.presence_penalty)
+    if params.temperature <= 0.0:
+        sampler.add_greedy()
+        return sampler
+    sampler.add_top_k(params.top_k)
+    sampler.add_typical(params.typical_p, 1)
+    sampler.add_top_p(params.top_p, 1)
+    sampler.add_min_p(params.min_p, 1)
+    sampler.add_temp(params.temperature)
+    seed = params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
+    sampler.add_dist(seed & 0xFFFFFFFF)
+    return sampler
+
+
+def _plain_message(message: dict) -> dict:
+    """OpenAI content parts (a list of {type: text}) become one string, as chat templates expect."""
+    content = message.get("content")
+    if isinstance(content, list):
+        text = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return {**message, "content": text}
+    if content is None:
+        return {**message, "content": ""}
+    return message
+
+
+def _raise_template_error(message: str) -> None:
+    raise InvalidRequest(f"chat template: {message}", param="messages")
+
+
+def _jinja_env() -> ImmutableSandboxedEnvironment:
+    return ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+
+def _kv_cache_bytes(metadata: dict[str, str], n_ctx: int) -> int:
+    """f16 K and V for every layer and position: what the context allocates beside the weights."""
+    try:
+        arch = metadata["general.architecture"]
+        n_layer = int(metadata[f"{arch}.block_count"])
+        n_embd = int(metadata[f"{arch}.embedding_length"])
+        n_head = int(metadata[f"{arch}.attention.head_count"])
+        n_head_kv = int(metadata.get(f"{arch}.attention.head_count_kv", n_head))
+        k_len = int(metadata.get(f"{arch}.attention.key_length", n_embd // n_head))
+        v_len = int(metadata.get(f"{arch}.attention.value_length", n_embd // n_head))
+        return n_ctx * n_layer * n_head_kv * (k_len + v_len) * 2
+    except (KeyError, ValueError, ZeroDivisionError):
+        return 0
+
+
+def default_threads() -> int:
+    """All cores: llama.cpp's own default (half) leaves a 2-core machine at one thread."""
+    return os.cpu_count() or 1
