@@ -1,0 +1,141 @@
+"""The HTTP app: create_app(settings) wires catalog, classifier, pool and the dialect adapters.
+
+All state lives on app.state (no module globals): several apps can live in one process, which
+the tests rely on. The pool is created in the lifespan (and closed there) unless one is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+from models.backend import BackendOptions
+from router.dialects import llamacpp, ollama, openai, route
+from router.dialects.dispatch import Superseder
+from router.errors import NotSupported, install_error_handlers
+from router.metrics import Metrics
+from router.routing import Router
+from router.security import check_bind, install_security
+from router.settings import Settings
+
+log = logging.getLogger("router.app")
+
+# Endpoints clients probe that the router knowingly does not offer: a clear 501, not a 404.
+NOT_OFFERED = {
+    "/v1/embeddings": "embeddings",
+    "/embedding": "embeddings",
+    "/embeddings": "embeddings",
+    "/api/embed": "embeddings",
+    "/api/embeddings": "embeddings",
+    "/tokenize": "tokenization over HTTP",
+    "/detokenize": "tokenization over HTTP",
+    "/apply-template": "template rendering over HTTP",
+    "/api/pull": "pulling models over HTTP (use `route models pull`)",
+    "/api/delete": "deleting models over HTTP (use `route models rm`)",
+}
+
+
+def build_catalog(settings: Settings) -> Any:
+    """The catalog: a catalog file, else LABEL=PATH files, else the built-in profile."""
+    from models import catalog as catalog_module
+
+    if settings.catalog is not None:
+        return catalog_module.load_catalog(settings.catalog)
+    if settings.models:
+        return catalog_module.catalog_from_files(dict(settings.models))
+    return catalog_module.builtin_profile(settings.profile)
+
+
+def build_classifier(settings: Settings) -> tuple[Any, str | None]:
+    """The trained classifier, or shape rules only with a loud warning when the artifact is missing/tampered."""
+    import classifier
+
+    try:
+        return classifier.Classifier.load(settings.classifier_artifact), None
+    except classifier.ArtifactError as exc:
+        warning = f"classifier artifact unusable ({exc}); routing by request shape only"
+        log.warning("!!! %s !!!", warning)
+        return classifier.Classifier.shape_only(), warning
+
+
+def build_pool(settings: Settings, catalog: Any) -> Any:
+    from models.pool import Pool
+
+    options = BackendOptions(
+        n_threads=settings.n_threads,
+        n_threads_batch=settings.n_threads_batch,
+        connect_timeout_s=settings.connect_timeout_s,
+        first_token_timeout_s=settings.first_token_timeout_s,
+        idle_stream_timeout_s=settings.idle_stream_timeout_s,
+    )
+    return Pool(
+        catalog,
+        options=options,
+        memory_budget_bytes=settings.memory_budget_bytes,
+        idle_ttl_s=settings.idle_ttl_s,
+        queue_size=settings.queue_size,
+    )
+
+
+def create_app(settings: Settings, *, pool: Any = None, classifier: Any = None, catalog: Any = None) -> FastAPI:
+    """The app for these settings; pass pool/classifier/catalog to share or substitute real ones."""
+    check_bind(settings)
+    catalog = catalog if catalog is not None else build_catalog(settings)
+    classifier_warning = None
+    if classifier is None:
+        classifier, classifier_warning = build_classifier(settings)
+    owns_pool = pool is None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = app.state
+        state.pool = build_pool(settings, catalog) if owns_pool else pool
+        state.router = Router(catalog, classifier, state.pool)
+        for model_id in settings.preload:
+            state.pool.preload(model_id, pin=True)
+        try:
+            yield
+        finally:
+            for gen in list(state.superseder.inflight.values()):
+                gen.cancel()
+            if owns_pool:
+                state.pool.close()
+
+    app = FastAPI(
+        title="prompt-router",
+        description="Routes each request to a coder, FIM or instruct model; speaks OpenAI, llama.cpp and Ollama.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    state = app.state
+    state.settings = settings
+    state.catalog = catalog
+    state.classifier = classifier
+    state.classifier_warning = classifier_warning
+    state.started_at = time.time()
+    state.superseder = Superseder()
+    state.metrics = Metrics(state)
+    state.pool = pool
+    state.router = Router(catalog, classifier, pool) if pool is not None else None
+
+    install_error_handlers(app)
+    install_security(app, settings)
+    for dialect in (openai, llamacpp, ollama, route):
+        app.include_router(dialect.build())
+
+    for path, what in NOT_OFFERED.items():
+        app.add_api_route(path, refusal(what), methods=["POST"], include_in_schema=False)
+    return app
+
+
+def refusal(what: str):
+    """A handler that answers 501 `not_supported` for something the router does not offer."""
+
+    async def not_offered(request: Request) -> None:
+        raise NotSupported(f"The router does not offer {what}.")
+
+    return not_offered

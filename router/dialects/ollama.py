@@ -1,0 +1,460 @@
+"""Ollama dialect, for Continue, Twinny and other Ollama-speaking tools: /, /api/*.
+
+`/api/generate` takes `suffix` (FIM), `raw`, `options`, `keep_alive` and streams NDJSON by default;
+a prompt holding FIM tokens (Twinny sends them without `raw`) is passed through raw, never wrapped in
+a chat template. An empty prompt loads the model, or unloads it with `keep_alive: 0`.
+`/api/show`'s template mentions `.Suffix` for FIM-capable models so Continue sends native FIM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import time
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from models.backend import Done, GenerationRequest
+from models.errors import InvalidRequest, ModelNotFound, RouterError, UnsupportedParameter
+from router.dialects.body import openapi_body, parse, read_json
+from router.dialects.dispatch import Superseder, answer, route_request, state
+from router.dialects.sampling import MAX_TOKENS_LIMIT, sampling_params, stop_tuple
+from router.errors import OLLAMA, error_body
+from router.routing import AUTO_NAMES, LABELS, Route
+from router.streaming import NDJSON, json_str
+
+OLLAMA_VERSION = "0.9.0"
+DONE_REASON = {"stop": "stop", "length": "length", "cancelled": "stop", "error": "stop"}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+# FIM stop strings per family, shown in /api/show `parameters` (Continue reads them).
+FAMILY_STOPS = {
+    "qwen": ["<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>",
+             "<|file_sep|>", "<|im_start|>", "<|im_end|>"],
+    "starcoder": ["<|endoftext|>", "<file_sep>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>"],
+    "deepseek": ["<｜end▁of▁sentence｜>", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"],
+    "codellama": ["<EOT>"],
+    "codestral": ["[PREFIX]", "[SUFFIX]"],
+}
+
+
+def parse_keep_alive(value: Any) -> float | None:
+    """Ollama's keep_alive in seconds: a number (seconds) or a Go duration ("5m", "1h30m", "-1s")."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise InvalidRequest("`keep_alive` must be a duration such as \"5m\" or a number of seconds.", param="keep_alive")
+    if isinstance(value, int | float):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    parts = _DURATION_PART.findall(body)
+    if not parts or "".join(n + u for n, u in parts) != body:
+        raise InvalidRequest(f"`keep_alive` {value!r} is not a duration such as \"5m\" or \"-1\".", param="keep_alive")
+    return sign * sum(float(n) * _UNIT_S[u] for n, u in parts)
+
+
+class OllamaOptions(BaseModel):
+    """Runtime options: sampling ones are honoured; load-time ones accepted (the catalog sets them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_predict: int | None = Field(None, ge=-2, le=MAX_TOKENS_LIMIT)
+    temperature: float | None = Field(None, ge=0, le=5)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    typical_p: float | None = Field(None, ge=0, le=1)
+    repeat_penalty: float | None = Field(None, ge=0, le=10)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = None
+    stop: list[str] | str | None = None
+    # Accepted: load-time settings decided by the catalog, or knobs at their default.
+    num_ctx: int | None = Field(None, ge=0)
+    num_batch: int | None = None
+    num_gpu: int | None = None
+    main_gpu: int | None = None
+    num_thread: int | None = None
+    num_keep: int | None = None
+    repeat_last_n: int | None = None
+    penalize_newline: bool | None = None
+    use_mmap: bool | None = None
+    use_mlock: bool | None = None
+    low_vram: bool | None = None
+    numa: bool | None = None
+    f16_kv: bool | None = None
+    vocab_only: bool | None = None
+    logits_all: bool | None = None
+    mirostat: int | None = Field(None, description="Only 0 (off).")
+    mirostat_eta: float | None = None
+    mirostat_tau: float | None = None
+    tfs_z: float | None = Field(None, description="Only 1 (off).")
+
+    @model_validator(mode="after")
+    def _refuse_unhonoured(self) -> OllamaOptions:
+        if self.mirostat not in (None, 0):
+            raise UnsupportedParameter("`options.mirostat` is not supported (only 0).", param="options.mirostat")
+        if self.tfs_z not in (None, 1, 1.0):
+            raise UnsupportedParameter("`options.tfs_z` is not supported (only 1).", param="options.tfs_z")
+        return self
+
+    def params(self):
+        limit = self.num_predict
+        return sampling_params(
+            max_tokens=None if limit is None or limit < 0 else limit,
+            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
+            typical_p=self.typical_p, repeat_penalty=self.repeat_penalty, presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty, seed=self.seed, stop=stop_tuple(self.stop, "options.stop"),
+        )
+
+
+class OllamaCommon(BaseModel):
+    """Fields /api/generate and /api/chat share. Unknown top-level keys are ignored, as Ollama does."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = Field(None, description="`auto`, a label or a model id (`:latest` is optional).")
+    stream: bool = True
+    options: OllamaOptions | None = None
+    keep_alive: str | float | int | None = Field(None, description="Duration or seconds; 0 unloads after answering.")
+    format: str | dict[str, Any] | None = Field(None, description="Only empty (free text) is supported.")
+    think: bool | str | None = Field(None, description="Only false (these models do not think).")
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _keep_alive(cls, v: Any) -> Any:
+        parse_keep_alive(v)
+        return v
+
+    @model_validator(mode="after")
+    def _refuse_common(self) -> OllamaCommon:
+        if self.format not in (None, ""):
+            raise UnsupportedParameter("Structured output (`format`) is not supported.", param="format")
+        if self.think not in (None, False, "false", ""):
+            raise UnsupportedParameter("`think` is not supported by these models.", param="think")
+        return self
+
+    def params(self):
+        return self.options.params() if self.options else sampling_params()
+
+    @property
+    def keep_alive_s(self) -> float | None:
+        return parse_keep_alive(self.keep_alive)
+
+
+class GenerateRequest(OllamaCommon):
+    prompt: str = ""
+    suffix: str | None = Field(None, description="Text after the cursor: fill-in-the-middle.")
+    system: str | None = None
+    raw: bool = False
+    template: str | None = Field(None, description="Not supported: each model's own template is used.")
+    context: list[int] | None = Field(None, description="Not supported (deprecated in Ollama).")
+    images: list[str] | None = Field(None, description="Not supported (text models).")
+
+    @model_validator(mode="after")
+    def _refuse_generate(self) -> GenerateRequest:
+        if self.template:
+            raise UnsupportedParameter("A custom `template` is not supported.", param="template")
+        if self.context:
+            raise UnsupportedParameter("`context` is not supported; send the text again.", param="context")
+        if self.images:
+            raise UnsupportedParameter("Images are not supported.", param="images")
+        return self
+
+
+class OllamaMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    images: list[str] | None = None
+
+
+class OllamaChatRequest(OllamaCommon):
+    messages: list[OllamaMessage] = Field(default_factory=list)
+    tools: list[dict[str, Any]] | None = Field(None, description="Not supported (no tool calling).")
+
+    @model_validator(mode="after")
+    def _refuse_chat(self) -> OllamaChatRequest:
+        if self.tools:
+            raise UnsupportedParameter("Tool calling is not supported: `tools` must be empty.", param="tools")
+        for i, msg in enumerate(self.messages):
+            if msg.images:
+                raise UnsupportedParameter("Images are not supported.", param=f"messages[{i}].images")
+        return self
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class OllamaFormat:
+    """NDJSON lines (or one object): `response` for generate, `message` for chat; counts in ns at the end."""
+
+    media_type = NDJSON
+
+    def __init__(self, model: str, chat: bool) -> None:
+        self.model = model
+        self.chat = chat
+        self.started = time.perf_counter()
+        self.created_at = now_iso()
+        head = '{"model":' + json_str(model) + ',"created_at":"' + self.created_at + '",'
+        if chat:
+            self._open = head + '"message":{"role":"assistant","content":'
+            self._close = '},"done":false}\n'
+        else:
+            self._open = head + '"response":'
+            self._close = ',"done":false}\n'
+
+    def final(self, text: str, done: Done) -> dict[str, Any]:
+        obj: dict[str, Any] = {"model": self.model, "created_at": now_iso()}
+        if self.chat:
+            obj["message"] = {"role": "assistant", "content": text}
+        else:
+            obj["response"] = text
+        obj.update({
+            "done": True,
+            "done_reason": DONE_REASON.get(done.finish_reason, "stop"),
+            "total_duration": int((time.perf_counter() - self.started) * 1e9),
+            "load_duration": int(done.load_ms * 1e6),
+            "prompt_eval_count": done.prompt_tokens,
+            "prompt_eval_duration": int(done.prompt_ms * 1e6),
+            "eval_count": done.completion_tokens,
+            "eval_duration": int(done.predicted_ms * 1e6),
+        })
+        if not self.chat:
+            obj["context"] = []
+        return obj
+
+    def head(self) -> bytes:
+        return b""
+
+    def token(self, text: str) -> bytes:
+        return (self._open + json_str(text) + self._close).encode()
+
+    def tail(self, done: Done) -> bytes:
+        return (json.dumps(self.final("", done), ensure_ascii=False) + "\n").encode()
+
+    def error(self, err: RouterError) -> bytes:
+        return (json.dumps(error_body(OLLAMA, err)) + "\n").encode()
+
+    def body(self, text: str, done: Done) -> Any:
+        return self.final(text, done)
+
+
+# ----------------------------------------------------------------------------- model listing
+
+
+def spec_digest(spec: Any) -> str:
+    sha = getattr(getattr(spec, "source", None), "sha256", None)
+    return sha or hashlib.sha256(spec.id.encode()).hexdigest()
+
+
+def fim_capable(request: Request, spec: Any) -> bool:
+    router = state(request).router
+    known = router.fim_capable(spec)
+    return bool(known) if known is not None else "fim" in spec.labels
+
+
+def family_of(spec: Any) -> str:
+    return spec.fim_family or getattr(getattr(spec, "source", None), "fim_family", None) or "llama"
+
+
+def details(spec: Any | None) -> dict[str, Any]:
+    family = family_of(spec) if spec is not None else "router"
+    return {"parent_model": "", "format": "gguf", "family": family, "families": [family],
+            "parameter_size": "", "quantization_level": ""}
+
+
+def resolve_name(request: Request, name: str | None) -> tuple[str, Any | None]:
+    """(name as asked, spec) for /api/show & load/unload: auto -> None spec; label -> its model; id -> itself."""
+    router = state(request).router
+    asked = (name or "").strip()
+    bare = asked[:-len(":latest")] if asked.endswith(":latest") else asked
+    if bare in AUTO_NAMES:
+        return asked or "auto", None
+    if bare in LABELS:
+        return asked, router.model_for_label(bare)[0]
+    spec = router.catalog.get(bare) or router.catalog.get(asked)
+    if spec is None:
+        raise ModelNotFound(f"model '{asked}' not found", param="model")
+    return asked, spec
+
+
+def show_template(fim: bool) -> str:
+    chat = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
+    if not fim:
+        return chat
+    return "{{- if .Suffix }}<|fim_prefix|>{{ .Prompt }}<|fim_suffix|>{{ .Suffix }}<|fim_middle|>{{- else }}" + chat + "{{- end }}"
+
+
+def build() -> APIRouter:
+    api = APIRouter(tags=["ollama"])
+
+    @api.get("/", response_class=PlainTextResponse)
+    async def root():
+        return "Ollama is running"
+
+    @api.head("/", include_in_schema=False)
+    async def root_head():
+        return PlainTextResponse("")
+
+    @api.get("/api/version")
+    async def version():
+        return {"version": OLLAMA_VERSION}
+
+    def tag_entry(request: Request, name: str, spec: Any | None) -> dict[str, Any]:
+        modified = datetime.fromtimestamp(getattr(state(request), "started_at", time.time()), timezone.utc)
+        return {
+            "name": name, "model": name, "modified_at": modified.isoformat(),
+            "size": (spec.weights_bytes() or 0) if spec is not None and hasattr(spec, "weights_bytes") else 0,
+            "digest": spec_digest(spec) if spec is not None else hashlib.sha256(name.encode()).hexdigest(),
+            "details": details(spec),
+        }
+
+    @api.get("/api/tags")
+    async def tags(request: Request):
+        router = state(request).router
+        entries = [tag_entry(request, "auto", None)]
+        for label in LABELS:
+            try:
+                entries.append(tag_entry(request, label, router.model_for_label(label)[0]))
+            except RouterError:
+                continue
+        entries += [tag_entry(request, spec.id, spec) for spec in router.catalog.models]
+        return {"models": entries}
+
+    @api.post("/api/show")
+    async def show(request: Request):
+        data = await read_json(request)
+        name = data.get("model") or data.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidRequest("`model` is required.", param="model")
+        asked, spec = resolve_name(request, name)
+        router = state(request).router
+        if spec is None:  # auto: whatever the router can reach
+            fim = any(fim_capable(request, s) for s in router.catalog.models)
+            n_ctx = max((s.n_ctx for s in router.catalog.models), default=4096)
+            family = "router"
+        else:
+            fim = fim_capable(request, spec)
+            n_ctx = spec.n_ctx
+            family = family_of(spec)
+        stops = FAMILY_STOPS.get(family, []) if fim else []
+        parameters = "\n".join([f"num_ctx {n_ctx}"] + [f"stop {json.dumps(s, ensure_ascii=False)}" for s in stops])
+        template = show_template(fim)
+        capabilities = ["completion", "insert"] if fim else ["completion"]
+        return {
+            "license": "",
+            "modelfile": f"# served by prompt-router\nFROM {spec.id if spec else 'auto'}\nTEMPLATE \"\"\"{template}\"\"\"\n"
+                         + "".join(f"PARAMETER {line}\n" for line in parameters.splitlines()),
+            "parameters": parameters,
+            "template": template,
+            "details": details(spec),
+            "model_info": {"general.architecture": family, f"{family}.context_length": n_ctx},
+            "capabilities": capabilities,
+            "modified_at": now_iso(),
+        }
+
+    @api.get("/api/ps")
+    async def ps(request: Request):
+        app_state = state(request)
+        ttl = app_state.settings.idle_ttl_s
+        out = []
+        for st in app_state.pool.status():
+            if not getattr(st, "loaded", False):
+                continue
+            spec = app_state.router.catalog.get(st.id)
+            last = getattr(st, "last_used", None) or time.time()
+            expires = "0001-01-01T00:00:00Z" if getattr(st, "pinned", False) or not ttl else \
+                datetime.fromtimestamp(last + ttl, timezone.utc).isoformat()
+            out.append({
+                "name": st.id, "model": st.id, "size": getattr(st, "size_bytes", 0) or 0,
+                "digest": spec_digest(spec) if spec else "", "details": details(spec),
+                "expires_at": expires, "size_vram": 0,
+            })
+        return {"models": out}
+
+    async def load_or_unload(request: Request, req: OllamaCommon, chat: bool):
+        """Empty prompt / no messages: load the model, or unload it when keep_alive is 0."""
+        asked, spec = resolve_name(request, req.model)
+        app_state = state(request)
+        pool = app_state.pool
+        keep = req.keep_alive_s
+        specs = [spec] if spec is not None else list(app_state.router.catalog.models)
+        loop = asyncio.get_running_loop()
+        if keep is not None and keep == 0:
+            for s in specs:
+                await loop.run_in_executor(None, pool.unload, s.id)
+            reason = "unload"
+        else:
+            if spec is not None:
+                await loop.run_in_executor(None, lambda: pool.preload(spec.id, pin=keep is not None and keep < 0))
+            reason = "load"
+        obj: dict[str, Any] = {"model": asked, "created_at": now_iso(), "done": True, "done_reason": reason}
+        if chat:
+            obj["message"] = {"role": "assistant", "content": ""}
+        else:
+            obj["response"] = ""
+        return obj
+
+    def keep_alive_hook(request: Request, route: Route, keep: float | None):
+        """keep_alive 0: unload once answered; negative: keep it loaded (pinned)."""
+        if keep is None or keep > 0:
+            return None
+        pool = state(request).pool
+        loop = asyncio.get_running_loop()
+        if keep == 0:
+            return lambda: loop.run_in_executor(None, pool.unload, route.model_id)
+        return lambda: loop.run_in_executor(None, lambda: pool.preload(route.model_id, pin=True))
+
+    @api.post("/api/generate", openapi_extra=openapi_body(GenerateRequest))
+    async def generate(request: Request):
+        req, raw = await parse(request, GenerateRequest)
+        if not req.prompt and req.suffix is None:
+            return await load_or_unload(request, req, chat=False)
+        route = route_request(request, "/api/generate", raw, req.model)
+        params = req.params()
+        key = None
+        if req.suffix is not None:
+            gen_request = GenerationRequest(kind="fim", params=params, prefix=req.prompt, suffix=req.suffix)
+            key = Superseder.key(request, OLLAMA)
+        elif req.raw or route.label == "fim":
+            # raw, or a prompt that already holds FIM tokens / raw code: never wrap it in a chat template
+            gen_request = GenerationRequest(kind="complete", params=params, prompt=req.prompt)
+        else:
+            messages = ([{"role": "system", "content": req.system}] if req.system else []) + [
+                {"role": "user", "content": req.prompt}]
+            gen_request = GenerationRequest(kind="chat", params=params, messages=tuple(messages))
+        fmt = OllamaFormat(route.model_id, chat=False)
+        return await answer(request, dialect=OLLAMA, route=route, gen_request=gen_request, fmt=fmt, stream=req.stream,
+                            supersede_key=key, after=keep_alive_hook(request, route, req.keep_alive_s))
+
+    @api.post("/api/chat", openapi_extra=openapi_body(OllamaChatRequest))
+    async def chat(request: Request):
+        req, raw = await parse(request, OllamaChatRequest)
+        if not req.messages:
+            return await load_or_unload(request, req, chat=True)
+        if not any(m.role == "user" for m in req.messages):
+            raise InvalidRequest("`messages` must contain at least one user message.", param="messages")
+        route = route_request(request, "/api/chat", raw, req.model)
+        messages = tuple({"role": m.role, "content": m.content} for m in req.messages)
+        gen_request = GenerationRequest(kind="chat", params=req.params(), messages=messages)
+        fmt = OllamaFormat(route.model_id, chat=True)
+        return await answer(request, dialect=OLLAMA, route=route, gen_request=gen_request, fmt=fmt, stream=req.stream,
+                            after=keep_alive_hook(request, route, req.keep_alive_s))
+
+    return api
+

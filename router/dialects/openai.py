@@ -1,0 +1,286 @@
+"""OpenAI dialect: /v1/chat/completions, /v1/completions (`suffix` = FIM), /v1/models.
+
+Unknown arguments are refused (as OpenAI does) and every standard sampling parameter is either
+honoured or refused by name. `model` is `auto`, a label, or a concrete model id.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from models.backend import Done, GenerationRequest
+from models.errors import InvalidRequest, ModelNotFound, RouterError, UnsupportedParameter
+from router.dialects.body import openapi_body, parse
+from router.dialects.dispatch import Superseder, answer, route_request, state
+from router.dialects.sampling import MAX_TOKENS_LIMIT, LlamaCppExtras, logit_bias_map, sampling_params, stop_tuple
+from router.errors import OPENAI, error_body
+from router.routing import LABELS
+from router.streaming import SSE, json_str
+
+FINISH = {"stop": "stop", "length": "length", "cancelled": "stop", "error": "stop"}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class OpenAISampling(LlamaCppExtras):
+    """Fields both OpenAI endpoints take (plus llama.cpp's extensions, which its clients send)."""
+
+    model: str | None = Field(None, description="`auto`, a label (code_edit, fim, chat, instruct) or a model id.")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=-1, le=MAX_TOKENS_LIMIT, description="-1: until the end of generation.")
+    n_predict: int | None = Field(None, ge=-1, le=MAX_TOKENS_LIMIT, description="llama.cpp's name for max_tokens.")
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int = Field(1, ge=1, le=128, description="Only 1 is supported.")
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+
+    @model_validator(mode="after")
+    def _refuse_openai_unhonoured(self) -> OpenAISampling:
+        if self.n != 1:
+            raise UnsupportedParameter("Only n=1 is supported: send one request per completion.", param="n")
+        for name in ("max_tokens", "n_predict"):
+            if getattr(self, name) == 0:
+                raise InvalidRequest(f"`{name}` must be at least 1 (or -1 for no limit).", param=name)
+        return self
+
+    def limit(self, default: int | None) -> int | None:
+        value = self.max_tokens if self.max_tokens is not None else self.n_predict
+        if value is None:
+            return default
+        return None if value < 0 else value
+
+    def params(self, default_max: int | None, stop: tuple[str, ...] = ()):
+        return sampling_params(
+            max_tokens=self.limit(default_max),
+            temperature=self.temperature,
+            top_p=self.top_p,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            seed=self.seed,
+            stop=stop_tuple(self.stop) + stop,
+            logit_bias=logit_bias_map(self.logit_bias),
+            **self.extra_params(),
+        )
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+
+class ChatRequest(OpenAISampling):
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=-1, le=MAX_TOKENS_LIMIT)
+    logprobs: bool | None = Field(None, description="Only false is supported.")
+    top_logprobs: int | None = Field(None, description="Not supported.")
+    tools: list[dict[str, Any]] | None = Field(None, description="Not supported (no tool calling).")
+    tool_choice: str | dict[str, Any] | None = Field(None, description="Only `none` is supported.")
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = Field(None, description="Only {\"type\": \"text\"}.")
+    metadata: dict[str, str] | None = None
+    store: bool | None = Field(None, description="Only false is supported.")
+
+    @model_validator(mode="after")
+    def _refuse_chat_unhonoured(self) -> ChatRequest:
+        if self.logprobs:
+            raise UnsupportedParameter("`logprobs` is not supported.", param="logprobs")
+        if self.top_logprobs is not None:
+            raise UnsupportedParameter("`top_logprobs` is not supported.", param="top_logprobs")
+        if self.tools:
+            raise UnsupportedParameter("Tool calling is not supported: `tools` must be empty.", param="tools")
+        if self.tool_choice not in (None, "none", "auto"):
+            raise UnsupportedParameter("Tool calling is not supported: `tool_choice`.", param="tool_choice")
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            raise UnsupportedParameter("Only response_format {\"type\": \"text\"} is supported.", param="response_format")
+        if self.store:
+            raise UnsupportedParameter("`store` is not supported.", param="store")
+        if self.max_completion_tokens == 0:
+            raise InvalidRequest("`max_completion_tokens` must be at least 1.", param="max_completion_tokens")
+        if self.max_completion_tokens is not None and self.max_tokens is None:
+            self.max_tokens = self.max_completion_tokens
+        return self
+
+    def internal_messages(self) -> tuple[dict, ...]:
+        """Messages as {role, content} with text content; refuses what a text model cannot read."""
+        out = []
+        for i, msg in enumerate(self.messages):
+            content = msg.content
+            if isinstance(content, list):
+                texts = []
+                for j, part in enumerate(content):
+                    if part.type != "text" or part.text is None:
+                        raise UnsupportedParameter(
+                            f"Only text content parts are supported (got `{part.type}`).",
+                            param=f"messages[{i}].content[{j}].type",
+                        )
+                    texts.append(part.text)
+                content = "".join(texts)
+            if content is None:
+                if msg.role != "assistant":
+                    raise InvalidRequest(f"`messages[{i}].content` is required for role {msg.role}.", param=f"messages[{i}].content")
+                content = ""
+            out.append({"role": "system" if msg.role == "developer" else msg.role, "content": content})
+        if not any(m["role"] == "user" for m in out):
+            raise InvalidRequest("`messages` must contain at least one user message.", param="messages")
+        if out[-1]["role"] == "system":
+            raise InvalidRequest("`messages` must not end with a system message.", param="messages")
+        return tuple(out)
+
+
+class CompletionRequest(OpenAISampling):
+    prompt: str | list[str] = Field(..., description="The prompt (a list must hold exactly one string).")
+    suffix: str | None = Field(None, description="Text after the cursor: turns the request into fill-in-the-middle.")
+    echo: bool | None = Field(None, description="Only false is supported.")
+    best_of: int | None = Field(None, description="Only 1 is supported.")
+    logprobs: int | None = Field(None, description="Only 0/null is supported.")
+
+    @model_validator(mode="after")
+    def _refuse_completion_unhonoured(self) -> CompletionRequest:
+        if isinstance(self.prompt, list) and len(self.prompt) != 1:
+            raise UnsupportedParameter("Only one prompt per request is supported.", param="prompt")
+        if self.echo:
+            raise UnsupportedParameter("`echo` is not supported.", param="echo")
+        if self.best_of not in (None, 1):
+            raise UnsupportedParameter("Only best_of=1 is supported.", param="best_of")
+        if self.logprobs:
+            raise UnsupportedParameter("`logprobs` is not supported.", param="logprobs")
+        return self
+
+    @property
+    def text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+def usage(done: Done) -> dict[str, int]:
+    return {
+        "prompt_tokens": done.prompt_tokens,
+        "completion_tokens": done.completion_tokens,
+        "total_tokens": done.prompt_tokens + done.completion_tokens,
+    }
+
+
+class OpenAIFormat:
+    """SSE chunks for chat.completion.chunk / text_completion, with precomputed JSON around the text."""
+
+    media_type = SSE
+
+    def __init__(self, chat: bool, model: str, include_usage: bool) -> None:
+        self.chat = chat
+        self.model = model
+        self.include_usage = include_usage
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        self._envelope = f'"id":"{self.id}","object":"{obj}","created":{self.created},"model":{json_str(model)}'
+        if chat:
+            self._open = 'data: {' + self._envelope + ',"choices":[{"index":0,"delta":{"content":'
+            self._close = '},"logprobs":null,"finish_reason":null}]}\n\n'
+        else:
+            self._open = 'data: {' + self._envelope + ',"choices":[{"index":0,"text":'
+            self._close = ',"logprobs":null,"finish_reason":null}]}\n\n'
+
+    def head(self) -> bytes:
+        if not self.chat:
+            return b""
+        return ('data: {' + self._envelope + ',"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
+                '"logprobs":null,"finish_reason":null}]}\n\n').encode()
+
+    def token(self, text: str) -> bytes:
+        return (self._open + json_str(text) + self._close).encode()
+
+    def tail(self, done: Done) -> bytes:
+        reason = json_str(FINISH.get(done.finish_reason, "stop"))
+        delta = '"delta":{}' if self.chat else '"text":""'
+        out = 'data: {' + self._envelope + ',"choices":[{"index":0,' + delta + ',"logprobs":null,"finish_reason":' + reason + '}]}\n\n'
+        if self.include_usage:
+            u = usage(done)
+            out += ('data: {' + self._envelope + ',"choices":[],"usage":{"prompt_tokens":%d,"completion_tokens":%d,'
+                    '"total_tokens":%d}}\n\n') % (u["prompt_tokens"], u["completion_tokens"], u["total_tokens"])
+        return (out + "data: [DONE]\n\n").encode()
+
+    def error(self, err: RouterError) -> bytes:
+        return ("data: " + json.dumps(error_body(OPENAI, err)) + "\n\n").encode()
+
+    def body(self, text: str, done: Done) -> Any:
+        reason = FINISH.get(done.finish_reason, "stop")
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": reason}
+            obj = "chat.completion"
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
+            obj = "text_completion"
+        return {
+            "id": self.id, "object": obj, "created": self.created, "model": self.model,
+            "choices": [choice], "usage": usage(done), "system_fingerprint": None,
+        }
+
+
+def model_entries(request: Request) -> list[dict[str, Any]]:
+    created = int(getattr(state(request), "started_at", time.time()))
+    names = ["auto", *LABELS, *state(request).router.model_ids()]
+    return [{"id": name, "object": "model", "created": created, "owned_by": "router"} for name in names]
+
+
+def build() -> APIRouter:
+    api = APIRouter(tags=["openai"])
+
+    @api.post("/v1/chat/completions", openapi_extra=openapi_body(ChatRequest))
+    async def chat_completions(request: Request):
+        req, raw = await parse(request, ChatRequest)
+        route = route_request(request, "/v1/chat/completions", raw, req.model)
+        gen_request = GenerationRequest(kind="chat", params=req.params(None), messages=req.internal_messages())
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        fmt = OpenAIFormat(True, route.model_id, include_usage)
+        return await answer(request, dialect=OPENAI, route=route, gen_request=gen_request, fmt=fmt, stream=req.stream)
+
+    @api.post("/v1/completions", openapi_extra=openapi_body(CompletionRequest))
+    async def completions(request: Request):
+        req, raw = await parse(request, CompletionRequest)
+        route = route_request(request, "/v1/completions", raw, req.model)
+        key = None
+        if req.suffix is not None:
+            gen_request = GenerationRequest(kind="fim", params=req.params(16), prefix=req.text, suffix=req.suffix)
+            key = Superseder.key(request, OPENAI, req.id_slot)
+        else:
+            gen_request = GenerationRequest(kind="complete", params=req.params(16), prompt=req.text)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        fmt = OpenAIFormat(False, route.model_id, include_usage)
+        return await answer(
+            request, dialect=OPENAI, route=route, gen_request=gen_request, fmt=fmt, stream=req.stream, supersede_key=key
+        )
+
+    @api.get("/v1/models")
+    async def list_models(request: Request):
+        return {"object": "list", "data": model_entries(request)}
+
+    @api.get("/v1/models/{model_id:path}")
+    async def get_model(request: Request, model_id: str):
+        for entry in model_entries(request):
+            if entry["id"] == model_id:
+                return entry
+        raise ModelNotFound(f"The model `{model_id}` does not exist.", param="model")
+
+    return api

@@ -1,0 +1,162 @@
+"""Every failure becomes one RouterError, rendered once per dialect (chosen by the path prefix).
+
+OpenAI: {"error": {"message", "type", "param", "code"}}; Ollama: {"error": "..."};
+llama.cpp: {"error": {"code", "message", "type"}}. Nothing ever leaves as a bare traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.errors import InvalidRequest, Overloaded, RouterError
+
+log = logging.getLogger("router.errors")
+
+OPENAI, OLLAMA, LLAMACPP = "openai", "ollama", "llamacpp"
+
+
+class EndpointNotFound(RouterError):
+    """No such path (or no such method on it)."""
+
+    status = 404
+    code = "not_found"
+    type = "invalid_request_error"
+
+
+class MethodNotAllowed(RouterError):
+    status = 405
+    code = "method_not_allowed"
+    type = "invalid_request_error"
+
+
+class NotSupported(RouterError):
+    """An endpoint or feature the router knowingly does not offer (llama.cpp's 501 `not_supported`)."""
+
+    status = 501
+    code = "not_supported"
+    type = "not_supported_error"
+
+
+class InternalError(RouterError):
+    """Anything unexpected: logged with its traceback here, answered without it."""
+
+    status = 500
+    code = "internal_error"
+    type = "server_error"
+
+
+def dialect_for_path(path: str) -> str:
+    """Which dialect a path speaks: /api/* and / are Ollama, /v1/* OpenAI, the rest llama.cpp."""
+    if path == "/" or path.startswith("/api/"):
+        return OLLAMA
+    if path.startswith("/v1/"):
+        return OPENAI
+    return LLAMACPP
+
+
+def error_body(dialect: str, err: RouterError) -> dict[str, Any]:
+    """The error object in the dialect's own shape."""
+    if dialect == OLLAMA:
+        return {"error": err.message}
+    if dialect == OPENAI:
+        return {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+    return {"error": {"code": err.status, "message": err.message, "type": err.type}}
+
+
+def error_headers(err: RouterError) -> dict[str, str]:
+    if isinstance(err, Overloaded):
+        return {"Retry-After": str(max(1, int(round(err.retry_after))))}
+    return {}
+
+
+def error_response(dialect: str, err: RouterError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(dialect, err), status_code=err.status, headers={**error_headers(err), **(headers or {})})
+
+
+def field_path(loc: tuple | list) -> str | None:
+    """Pydantic's loc ('body', 'messages', 0, 'role') as the caller wrote it: messages[0].role."""
+    out = ""
+    for part in loc:
+        if part in ("body", "query", "path") and not out:
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and ("[" in part or part.startswith("function-")):
+            continue  # pydantic's union-branch tags, not a field
+        else:
+            out += f".{part}" if out else str(part)
+    return out or None
+
+
+def from_validation_errors(errors: list[dict]) -> InvalidRequest:
+    """Pydantic errors as one InvalidRequest that names the first offending field."""
+    first = errors[0] if errors else {}
+    param = field_path(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        return InvalidRequest("The request body is not valid JSON.", param=None)
+    if first.get("type") == "extra_forbidden":
+        return InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param)
+    msg = first.get("msg", "invalid value")
+    return InvalidRequest(f"Invalid value for `{param}`: {msg}" if param else msg, param=param)
+
+
+def as_router_error(exc: BaseException) -> RouterError:
+    """Any exception as the RouterError the caller should see."""
+    if isinstance(exc, RouterError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        return from_validation_errors(list(exc.errors()))
+    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
+        return InvalidRequest("The request body is not valid UTF-8 JSON.")
+    if exc.__class__.__name__ == "InvalidRequestShape" and isinstance(exc, ValueError):
+        # classifier.InvalidRequestShape: a body the classifier cannot read is the caller's mistake.
+        return InvalidRequest(str(exc.args[0]) if exc.args else str(exc), param=getattr(exc, "field", None))
+    if isinstance(exc, StarletteHTTPException):
+        if exc.status_code == 404:
+            return EndpointNotFound("No such endpoint.")
+        if exc.status_code == 405:
+            return MethodNotAllowed("Method not allowed on this endpoint.")
+        err = RouterError(str(exc.detail))
+        err.status = exc.status_code
+        err.code = "http_error"
+        err.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return err
+    return InternalError(f"Internal error ({exc.__class__.__name__}); see the router's log.")
+
+
+def route_headers_of(request: Request) -> dict[str, str]:
+    """x-route-* headers when the request got as far as routing."""
+    route = getattr(request.state, "route", None)
+    if route is None:
+        return {}
+    return {
+        "x-route-label": route.label,
+        "x-route-model": route.model_id,
+        "x-route-confidence": f"{route.confidence:.4f}",
+    }
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the one translation for every exception type FastAPI can surface."""
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        err = as_router_error(exc)
+        if isinstance(err, InternalError):
+            log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        metrics = getattr(request.app.state, "metrics", None)
+        if metrics is not None:
+            metrics.count_error(request, err)
+        return error_response(dialect_for_path(request.url.path), err, route_headers_of(request))
+
+    app.add_exception_handler(RouterError, handle)
+    app.add_exception_handler(RequestValidationError, handle)
+    app.add_exception_handler(StarletteHTTPException, handle)
+    app.add_exception_handler(ValueError, handle)
+    app.add_exception_handler(Exception, handle)
