@@ -6,6 +6,7 @@ the tests rely on. The pool is created in the lifespan (and closed there) unless
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -95,8 +96,9 @@ def create_app(settings: Settings, *, pool: Any = None, classifier: Any = None, 
         state = app.state
         state.pool = build_pool(settings, catalog) if owns_pool else pool
         state.router = Router(catalog, classifier, state.pool)
+        loop = asyncio.get_running_loop()
         for model_id in settings.preload:
-            state.pool.preload(model_id, pin=True)
+            await loop.run_in_executor(None, state.pool.preload, model_id)
         try:
             yield
         finally:

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from classifier import InvalidRequestShape
 from models.errors import InvalidRequest, Overloaded, RouterError
 
 log = logging.getLogger("router.errors")
@@ -115,8 +116,8 @@ def as_router_error(exc: BaseException) -> RouterError:
         return from_validation_errors(list(exc.errors()))
     if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
         return InvalidRequest("The request body is not valid UTF-8 JSON.")
-    if exc.__class__.__name__ == "InvalidRequestShape" and isinstance(exc, ValueError):
-        # classifier.InvalidRequestShape: a body the classifier cannot read is the caller's mistake.
+    if isinstance(exc, InvalidRequestShape):
+        # A body the classifier cannot read is the caller's mistake, not ours.
         return InvalidRequest(str(exc.args[0]) if exc.args else str(exc), param=getattr(exc, "field", None))
     if isinstance(exc, StarletteHTTPException):
         if exc.status_code == 404:

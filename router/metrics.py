@@ -48,7 +48,10 @@ class PoolCollector(Collector):
         loaded = GaugeMetricFamily("router_model_loaded", "1 when the model is loaded.", labels=["model"])
         busy = GaugeMetricFamily("router_model_generating", "Generations running on the model.", labels=["model"])
         loads = CounterMetricFamily("router_model_loads", "Model loads since start.", labels=["model"])
-        evictions = CounterMetricFamily("router_model_evictions", "Models evicted or unloaded.", labels=["model"])
+        evictions = CounterMetricFamily("router_model_evictions", "Models evicted to make room.", labels=["model"])
+        unloads = CounterMetricFamily("router_model_unloads", "Models unloaded (idle TTL or asked).", labels=["model"])
+        cancelled = CounterMetricFamily("router_generations_cancelled", "Generations cancelled.", labels=["model"])
+        rejected = CounterMetricFamily("router_requests_rejected", "Requests refused: queue full.", labels=["model"])
         pool_tokens = CounterMetricFamily("router_pool_tokens", "Tokens generated, as the pool counts them.", labels=["model"])
         counters = getattr(pool, "counters", None)
         for st in pool.status():
@@ -56,11 +59,11 @@ class PoolCollector(Collector):
             loaded.add_metric([st.id], 1.0 if getattr(st, "loaded", False) else 0.0)
             generating = getattr(st, "generating", 0)
             busy.add_metric([st.id], float(generating if isinstance(generating, int | float) else bool(generating)))
-            for family, kind in ((loads, "loads"), (evictions, "evictions"), (pool_tokens, "tokens")):
+            for family, kind in ((loads, "loads"), (evictions, "evictions"), (unloads, "unloads"),
+                                 (cancelled, "cancelled"), (rejected, "rejected"), (pool_tokens, "tokens")):
                 value = counter_value(counters, kind, st.id)
-                if value is not None:
-                    family.add_metric([st.id], float(value))
-        return [queue, loaded, busy, loads, evictions, pool_tokens]
+                family.add_metric([st.id], float(value or 0))
+        return [queue, loaded, busy, loads, evictions, unloads, cancelled, rejected, pool_tokens]
 
 
 class Metrics:
