@@ -22,3 +22,21 @@ def tiny_gguf(tmp_path_factory) -> Path:
 def tiny_gguf_nofim(tmp_path_factory) -> Path:
     """The same tiny model without any FIM tokens: must never be offered for `fim`."""
     return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny-nofim.gguf", fim_family=None, seed=1)
+
+
+# --------------------------------------------------------------------------- catalog owner: real weights
+
+
+@pytest.fixture(scope="session")
+def qwen_gguf() -> Path:
+    """The starter profile's real Qwen2.5-Coder-0.5B-Instruct GGUF from the HF cache, never
+    downloaded here (`route models pull qwen2.5-coder-0.5b-instruct` fetches it; `make test` does)."""
+    from models.catalog import builtin_profile
+    from models.errors import WeightsUnavailable
+    from models.fetch import resolve_weights
+
+    spec = builtin_profile("starter").get("qwen2.5-coder-0.5b-instruct")
+    try:
+        return resolve_weights(spec, download=False, progress=False)
+    except WeightsUnavailable as exc:
+        pytest.skip(f"real Qwen2.5-Coder-0.5B-Instruct weights not available: {exc.message}")
