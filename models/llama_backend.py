@@ -71,6 +71,7 @@ class LlamaBackend:
                 verbose=False,
             )
         except Exception as exc:  # llama.cpp only says "failed to load"; find out why
+            _defuse_half_built(exc)
             cause = diagnose_gguf(self.weights_path) or f"llama.cpp refused it ({exc})"
             raise ModelLoadFailed(
                 f"Model {self.model_id!r} failed to load from {self.weights_path}: {cause}", model=self.model_id
@@ -414,6 +415,19 @@ def _trim_fim(runs: list[tuple[Piece, list[int]]], budget: int) -> tuple[list[tu
             ids = ids[:take_suf]
         out.append((p, ids))
     return out, True
+
+
+def _defuse_half_built(exc: BaseException) -> None:
+    """llama-cpp-python 0.3.16's LlamaModel.__del__ raises on an object whose load failed (no
+    `sampler` attribute yet); give it the attribute so its cleanup runs quietly."""
+    from llama_cpp._internals import LlamaModel
+
+    tb = exc.__traceback__
+    while tb is not None:
+        obj = tb.tb_frame.f_locals.get("self")
+        if isinstance(obj, LlamaModel) and not hasattr(obj, "sampler"):
+            obj.sampler = None
+        tb = tb.tb_next
 
 
 def _make_sampler(params: SamplingParams, n_vocab: int) -> Any:

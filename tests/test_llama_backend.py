@@ -151,9 +151,6 @@ def test_memory_accounts_for_weights_and_kv_cache(backend, tiny_gguf):
     assert backend.memory_bytes > tiny_gguf.stat().st_size
 
 
-# llama-cpp-python 0.3.16's LlamaModel.__del__ trips over its own half-built object after a
-# failed load (AttributeError: 'sampler'): noise from the library, not from us.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_missing_truncated_and_foreign_files_fail_with_the_cause(tmp_path, tiny_gguf):
     missing = tmp_path / "nope.gguf"
     with pytest.raises(ModelLoadFailed, match="does not exist") as err:
