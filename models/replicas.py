@@ -1,0 +1,200 @@
+"""The replicas of one upstream model: who gets the next request, who is down, when to try again.
+
+Least-outstanding-requests balancing (ties go to the replica picked longest ago, so a quiet
+system round-robins). A replica that fails is taken out with exponential backoff; a health
+thread probes it (GET /health, or GET /v1/models where the server has no /health) when its
+backoff ends and brings it back. Healthy replicas are probed every `health_interval_s` too,
+so a dead one is noticed before a request lands on it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import httpx
+
+from models.errors import UpstreamUnavailable
+
+
+@dataclass
+class Replica:
+    """One base URL and what we know about it."""
+
+    url: str
+    healthy: bool = True
+    outstanding: int = 0
+    requests: int = 0  # requests sent to it, ever
+    failures: int = 0  # consecutive failures (resets on success)
+    failures_total: int = 0
+    down_until: float = 0.0  # monotonic time its backoff ends
+    last_error: str | None = None
+    last_picked: int = 0  # pick sequence number, for round-robin among equals
+    health_path: str | None = None  # the health endpoint that worked last time
+
+    def snapshot(self) -> dict:
+        return {
+            "url": self.url,
+            "healthy": self.healthy,
+            "outstanding": self.outstanding,
+            "requests": self.requests,
+            "failures_total": self.failures_total,
+            "last_error": self.last_error,
+        }
+
+
+class ReplicaSet:
+    """Picks replicas for requests and keeps their health up to date (thread-safe)."""
+
+    def __init__(
+        self,
+        model_id: str,
+        urls: list[str],
+        client: httpx.Client,
+        *,
+        health_paths: tuple[str, ...] = ("/health", "/v1/models"),
+        health_timeout_s: float = 2.0,
+        health_interval_s: float = 10.0,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not urls:
+            raise ValueError(f"upstream model {model_id!r} has no replica urls")
+        self.model_id = model_id
+        self.replicas = [Replica(url=url.rstrip("/")) for url in urls]
+        self._client = client
+        self._health_paths = health_paths
+        self._health_timeout_s = health_timeout_s
+        self._health_interval_s = health_interval_s
+        self._backoff_base_s = backoff_base_s
+        self._backoff_max_s = backoff_max_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._health_loop, name=f"health-{model_id}", daemon=True)
+        self._thread.start()
+
+    # --- picking -------------------------------------------------------------------------------
+
+    def acquire(self, exclude: tuple[Replica, ...] | list[Replica] = ()) -> Replica:
+        """The healthy replica with the fewest requests in flight; counts the request against it.
+
+        Replicas whose backoff has ended are probed right here when no healthy one is left, so a
+        recovered upstream serves the very next request. Raises UpstreamUnavailable otherwise.
+        """
+        replica = self._pick(exclude)
+        if replica is None:
+            now = self._clock()
+            for candidate in self.replicas:
+                if candidate in exclude or candidate.healthy or candidate.down_until > now:
+                    continue
+                if self.probe(candidate):
+                    break
+            replica = self._pick(exclude)
+        if replica is None:
+            raise UpstreamUnavailable(self._unavailable_message(exclude))
+        return replica
+
+    def _pick(self, exclude) -> Replica | None:
+        with self._lock:
+            candidates = [r for r in self.replicas if r.healthy and r not in exclude]
+            if not candidates:
+                return None
+            replica = min(candidates, key=lambda r: (r.outstanding, r.last_picked))
+            self._seq += 1
+            replica.last_picked = self._seq
+            replica.outstanding += 1
+            replica.requests += 1
+            return replica
+
+    def release(self, replica: Replica) -> None:
+        with self._lock:
+            replica.outstanding -= 1
+
+    def _unavailable_message(self, exclude) -> str:
+        parts = []
+        for replica in self.replicas:
+            reason = replica.last_error or ("unhealthy" if not replica.healthy else "failed for this request")
+            parts.append(f"{replica.url}: {reason}")
+        n = len(self.replicas)
+        return f"all {n} replica{'s' if n > 1 else ''} of model {self.model_id!r} are unavailable ({'; '.join(parts)})"
+
+    # --- outcomes ------------------------------------------------------------------------------
+
+    def mark_failed(self, replica: Replica, error: str) -> None:
+        """Take the replica out until its backoff ends (doubling with each consecutive failure)."""
+        with self._lock:
+            replica.failures += 1
+            replica.failures_total += 1
+            replica.last_error = error
+            replica.healthy = False
+            delay = min(self._backoff_base_s * 2 ** (replica.failures - 1), self._backoff_max_s)
+            replica.down_until = self._clock() + delay
+        self._wake.set()
+
+    def mark_ok(self, replica: Replica) -> None:
+        with self._lock:
+            replica.failures = 0
+            replica.healthy = True
+            replica.last_error = None
+
+    # --- health --------------------------------------------------------------------------------
+
+    def probe(self, replica: Replica) -> bool:
+        """One health check; updates the replica and says whether it is serving."""
+        error = self._check(replica)
+        if error is None:
+            self.mark_ok(replica)
+            return True
+        self.mark_failed(replica, error)
+        return False
+
+    def _check(self, replica: Replica) -> str | None:
+        paths = self._health_paths
+        if replica.health_path in paths:  # the path that answered before goes first
+            paths = (replica.health_path,) + tuple(p for p in paths if p != replica.health_path)
+        error = "no health endpoint answered"
+        for path in paths:
+            try:
+                response = self._client.get(replica.url + path, timeout=self._health_timeout_s)
+            except httpx.HTTPError as exc:
+                return f"health check failed: {type(exc).__name__}: {exc}"
+            if response.status_code == 200:
+                replica.health_path = path
+                return None
+            if response.status_code in (404, 405):
+                continue  # this server has no such endpoint: try the next one
+            return f"health check {path} answered {response.status_code}"
+        return error
+
+    def _health_loop(self) -> None:
+        next_routine = self._clock() + self._health_interval_s
+        while not self._stop.is_set():
+            now = self._clock()
+            due = [r for r in self.replicas if not r.healthy and r.down_until <= now]
+            if now >= next_routine:
+                due += [r for r in self.replicas if r.healthy and r.outstanding == 0]
+                next_routine = now + self._health_interval_s
+            for replica in due:
+                if self._stop.is_set():
+                    return
+                self.probe(replica)
+            now = self._clock()
+            wake_at = [next_routine] + [r.down_until for r in self.replicas if not r.healthy]
+            timeout = max(0.01, min(wake_at) - now)
+            self._wake.wait(timeout)
+            self._wake.clear()
+
+    def snapshot(self) -> list[dict]:
+        with self._lock:
+            return [r.snapshot() for r in self.replicas]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=self._health_timeout_s * len(self._health_paths) + 1)

@@ -1,0 +1,534 @@
+"""A backend that forwards to OpenAI-compatible servers (llama-server, llama-cpp-python's server,
+vLLM, Ollama's /v1): the scale-out path, several replicas per model.
+
+Streaming end to end: each SSE line is turned into a Token as soon as it arrives. A request that
+fails before its first token is retried on another replica; one that fails later ends with
+Done(finish_reason="error"). FIM goes to llama-server's /infill when the upstream api is
+"llama.cpp", otherwise to /v1/completions with a prompt built for the upstream model's family.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import httpx
+
+from models.backend import BackendOptions, Done, Event, GenerationRequest, SamplingParams, Token
+from models.errors import (
+    ContextLengthExceeded,
+    FimNotSupported,
+    InvalidRequest,
+    ModelLoadFailed,
+    RouterError,
+    UpstreamUnavailable,
+)
+from models.replicas import Replica, ReplicaSet
+from models.upstream_stream import (
+    CANCELLED,
+    StreamGuard,
+    StreamWatchdog,
+    iter_sse_data,
+    parse_json,
+)
+
+# Generations one replica is sent at once: upstreams batch (llama-server slots, vLLM), and the
+# pool sizes its worker threads from `parallel`.
+DEFAULT_SLOTS_PER_REPLICA = 4
+
+# Tokens a chat template adds around each message (role markers), counted without rendering it.
+CHAT_TOKENS_PER_MESSAGE = 4
+# Characters per token assumed where the upstream cannot tokenize for us: real tokenizers give
+# about 4 for English and 3 for code, so 3 over-counts slightly, which is the safe side.
+CHARS_PER_TOKEN = 3.0
+
+_FINISH_REASONS = {"stop": "stop", "length": "length", "eos": "stop", "word": "stop", "limit": "length"}
+
+
+class _ReplicaFailure(Exception):
+    """This replica could not serve the request (connection, timeout, 5xx): try another one."""
+
+
+@dataclass
+class _Call:
+    """One upstream request, the same for every replica."""
+
+    path: str
+    body: dict[str, Any]
+    dialect: str  # "chat" | "completions" | "infill"
+    prompt_tokens: int  # our count, used when the upstream reports no usage
+    warmup: bool = False
+    t_max_predict_ms: float | None = None  # enforced here when the upstream does not
+
+
+@dataclass
+class _Progress:
+    """What one attempt has produced so far."""
+
+    yielded_token: bool = False
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)
+    terminal: bool = False
+
+
+class UpstreamBackend:
+    """Backend for a catalog model whose source is `kind: upstream` (models.catalog.UpstreamSource)."""
+
+    def __init__(
+        self,
+        spec: Any,
+        options: BackendOptions | None = None,
+        *,
+        health_interval_s: float = 10.0,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        options = options or BackendOptions()
+        source = spec.source
+        self.model_id: str = spec.id
+        self.n_ctx: int = spec.n_ctx
+        self.api: str = getattr(source, "api", "openai") or "openai"
+        self.upstream_model: str | None = getattr(source, "upstream_model", None)
+        family = getattr(source, "fim_family", None) or getattr(spec, "fim_family", None)
+        self.fim_family: str | None = self._canonical_family(family) if family else None
+        urls = list(source.urls)
+        slots = getattr(source, "parallel", None) or DEFAULT_SLOTS_PER_REPLICA
+        self.parallel: int = max(1, slots * len(urls))
+        self.options = options
+
+        headers = {"Accept": "text/event-stream"}
+        key_env = getattr(source, "api_key_env", None)
+        if key_env:
+            key = os.environ.get(key_env)
+            if not key:
+                raise ModelLoadFailed(
+                    f"model {self.model_id!r}: environment variable {key_env} (its upstream API key) is not set"
+                )
+            headers["Authorization"] = f"Bearer {key}"
+        backstop = max(options.first_token_timeout_s, options.idle_stream_timeout_s) + 1.0
+        self._client = httpx.Client(
+            headers=headers,
+            timeout=httpx.Timeout(
+                connect=options.connect_timeout_s,
+                read=backstop,
+                write=backstop,
+                pool=options.connect_timeout_s,
+            ),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=self.parallel),
+        )
+        health_paths = ("/health",) if self.api == "llama.cpp" else ("/health", "/v1/models")
+        self.replicas = ReplicaSet(
+            self.model_id,
+            urls,
+            self._client,
+            health_paths=health_paths,
+            health_timeout_s=min(options.connect_timeout_s, 5.0) + 1.0,
+            health_interval_s=health_interval_s,
+            backoff_base_s=backoff_base_s,
+            backoff_max_s=backoff_max_s,
+        )
+        self._watchdog = StreamWatchdog(name=f"upstream-watchdog-{self.model_id}")
+        self._closed = False
+
+    def _canonical_family(self, family: str) -> str:
+        from models import fim
+
+        try:
+            return fim.canonical_family(family)
+        except ValueError as exc:
+            raise ModelLoadFailed(f"model {self.model_id!r}: {exc}") from None
+
+    # --- Backend protocol ----------------------------------------------------------------------
+
+    @property
+    def supports_fim(self) -> bool:
+        return self.api == "llama.cpp" or self.fim_family is not None
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        """Exact from llama-server's /tokenize when the estimate comes near n_ctx; an estimate otherwise."""
+        text, overhead = _prompt_text(request)
+        estimate = overhead + math.ceil(len(text) / CHARS_PER_TOKEN)
+        if self.api != "llama.cpp" or estimate < self.n_ctx // 2:
+            return estimate
+        exact = self._tokenize(text)
+        return estimate if exact is None else exact + overhead
+
+    def generate(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[Event]:
+        """Stream from the least busy replica; fail over to another one until the first token."""
+        if self._closed:
+            raise UpstreamUnavailable(f"model {self.model_id!r}: backend is closed")
+        call = self._prepare(request)
+        tried: list[Replica] = []
+        while True:
+            if cancel.is_set():
+                yield Done("cancelled", prompt_tokens=call.prompt_tokens)
+                return
+            replica = self.replicas.acquire(exclude=tried)
+            guard = StreamGuard(
+                cancel,
+                first_token_timeout_s=self.options.first_token_timeout_s,
+                idle_stream_timeout_s=self.options.idle_stream_timeout_s,
+            )
+            progress = _Progress()
+            self._watchdog.watch(guard)
+            try:
+                yield from self._attempt(replica, call, guard, progress, cancel)
+                return
+            except _ReplicaFailure as failure:
+                if guard.reason == CANCELLED or cancel.is_set():
+                    yield self._done("cancelled", call, progress)
+                    return
+                message = f"upstream {replica.url}: {failure}"
+                self.replicas.mark_failed(replica, str(failure))
+                if progress.yielded_token:
+                    yield self._done("error", call, progress, error=f"{message} (failed mid-stream)")
+                    return
+                tried.append(replica)
+            finally:
+                self._watchdog.unwatch(guard)
+                self.replicas.release(replica)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.replicas.close()
+        self._watchdog.close()
+        self._client.close()
+
+    # --- building the upstream call ------------------------------------------------------------
+
+    def _prepare(self, request: GenerationRequest) -> _Call:
+        params = request.params
+        prompt_tokens = self.count_prompt_tokens(request)
+        if request.kind == "chat":
+            body = {"messages": [dict(m) for m in request.messages], **self._sampling(params)}
+            return self._openai_call("/v1/chat/completions", "chat", body, request, prompt_tokens)
+        if request.kind == "complete":
+            prompt, stops = self._rewrite_fim_tokens(request.prompt)
+            body = {"prompt": prompt, **self._sampling(params, extra_stop=stops)}
+            return self._openai_call("/v1/completions", "completions", body, request, prompt_tokens)
+        if request.kind == "fim":
+            if self.api == "llama.cpp":
+                return self._infill_call(request, prompt_tokens)
+            if self.fim_family is None:
+                raise FimNotSupported(
+                    f"model {self.model_id!r} is an upstream with api 'openai' and no fim_family: "
+                    "set source.fim_family in the catalog (qwen, starcoder, deepseek, codellama, codestral)"
+                )
+            prompt, stops = self._fim_prompt(request)
+            body = {"prompt": prompt, **self._sampling(params, extra_stop=stops)}
+            return self._openai_call("/v1/completions", "completions", body, request, prompt_tokens)
+        raise InvalidRequest(f"unknown generation kind {request.kind!r}")
+
+    def _openai_call(self, path, dialect, body, request, prompt_tokens) -> _Call:
+        body["model"] = self.upstream_model or self.model_id
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+        if request.warmup:
+            body["max_tokens"] = 1  # fills the upstream's prompt cache; the token is dropped
+        return _Call(
+            path=path,
+            body=body,
+            dialect=dialect,
+            prompt_tokens=prompt_tokens,
+            warmup=request.warmup,
+            t_max_predict_ms=request.params.t_max_predict_ms,
+        )
+
+    def _infill_call(self, request: GenerationRequest, prompt_tokens: int) -> _Call:
+        params = request.params
+        body: dict[str, Any] = {
+            "input_prefix": request.prefix,
+            "input_suffix": request.suffix,
+            "input_extra": [
+                {"text": f.text, **({"filename": f.filename} if f.filename else {})} for f in request.extra
+            ],
+            "prompt": request.prompt,
+            "n_predict": 0 if request.warmup else (params.max_tokens if params.max_tokens is not None else -1),
+            "temperature": params.temperature,
+            "top_k": params.top_k,
+            "top_p": params.top_p,
+            "min_p": params.min_p,
+            "typical_p": params.typical_p,
+            "repeat_penalty": params.repeat_penalty,
+            "presence_penalty": params.presence_penalty,
+            "frequency_penalty": params.frequency_penalty,
+            "stop": list(params.stop),
+            "cache_prompt": True,
+            "stream": True,
+        }
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.t_max_predict_ms is not None:
+            body["t_max_predict_ms"] = params.t_max_predict_ms
+        if params.logit_bias:
+            body["logit_bias"] = [[int(k), v] for k, v in params.logit_bias.items()]
+        body["model"] = self.upstream_model or self.model_id
+        return _Call(path="/infill", body=body, dialect="infill", prompt_tokens=prompt_tokens, warmup=request.warmup)
+
+    def _sampling(self, params: SamplingParams, extra_stop: tuple[str, ...] = ()) -> dict[str, Any]:
+        """OpenAI names, plus llama.cpp's extras where they differ from the neutral value."""
+        body: dict[str, Any] = {"temperature": params.temperature, "top_p": params.top_p}
+        if params.max_tokens is not None:
+            body["max_tokens"] = params.max_tokens
+        stop = list(dict.fromkeys(params.stop + extra_stop))
+        if stop:
+            body["stop"] = stop
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.presence_penalty:
+            body["presence_penalty"] = params.presence_penalty
+        if params.frequency_penalty:
+            body["frequency_penalty"] = params.frequency_penalty
+        if params.logit_bias:
+            body["logit_bias"] = {str(k): v for k, v in params.logit_bias.items()}
+        # llama-server, llama-cpp-python and vLLM accept these; Ollama ignores them.
+        body["top_k"] = params.top_k
+        body["min_p"] = params.min_p
+        if params.repeat_penalty != 1.0:
+            body["repeat_penalty"] = params.repeat_penalty
+        if params.typical_p != 1.0:
+            body["typical_p"] = params.typical_p
+        return body
+
+    def _fim_tokens(self):
+        """The upstream family's canonical FIM tokens (we cannot read an upstream's vocabulary)."""
+        from models import fim
+
+        return fim.family_tokens(self.fim_family)
+
+    def _fim_prompt(self, request: GenerationRequest) -> tuple[str, tuple[str, ...]]:
+        """The FIM prompt and its stop strings, laid out by models.fim for the upstream's family."""
+        from models import fim
+
+        built = fim.build_fim_prompt(
+            self._fim_tokens(), request.prefix + request.prompt, request.suffix, request.extra, model_id=self.model_id
+        )
+        return built.text, built.stops
+
+    def _rewrite_fim_tokens(self, prompt: str) -> tuple[str, tuple[str, ...]]:
+        """A raw prompt holding another family's FIM tokens, rewritten into the upstream's family."""
+        if self.fim_family is None:
+            return prompt, ()  # unknown family: the client's prompt goes through as written
+        from models import fim
+
+        translated = fim.translate_fim_prompt(prompt, self._fim_tokens(), model_id=self.model_id)
+        return (prompt, ()) if translated is None else (translated.text, translated.stops)
+
+    # --- one attempt on one replica ------------------------------------------------------------
+
+    def _attempt(
+        self,
+        replica: Replica,
+        call: _Call,
+        guard: StreamGuard,
+        progress: _Progress,
+        cancel: threading.Event,
+    ) -> Iterator[Event]:
+        started = time.perf_counter()
+        request = self._client.build_request(
+            "POST", replica.url + call.path, json=call.body, extensions={"trace": guard.trace}
+        )
+        try:
+            response = self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise _ReplicaFailure(self._describe(exc, guard)) from None
+        first_token_at: float | None = None
+        try:
+            guard.attach_response(response)
+            if response.status_code != 200:
+                self._raise_for_status(replica, call, response)
+            for payload in iter_sse_data(self._lines(response, guard)):
+                if cancel.is_set():
+                    break
+                if payload == "[DONE]":
+                    progress.terminal = True
+                    break
+                chunk = parse_json(payload)
+                if chunk is None:
+                    continue
+                if "error" in chunk and not chunk.get("choices"):
+                    raise _ReplicaFailure(f"upstream reported an error mid-stream: {_error_text(chunk)}")
+                text = self._read_chunk(call.dialect, chunk, progress)
+                if text and not call.warmup:
+                    if first_token_at is None:
+                        first_token_at = time.perf_counter()
+                        guard.got_first_token()
+                    progress.completion_tokens += 1
+                    progress.yielded_token = True
+                    text, hit_deadline = _t_max_predict_cut(text, call.t_max_predict_ms, first_token_at)
+                    yield Token(text)
+                    if hit_deadline:
+                        progress.finish_reason = "stop"
+                        progress.terminal = True
+                        break
+                if call.dialect == "infill" and progress.terminal:
+                    break
+        except httpx.HTTPError as exc:
+            raise _ReplicaFailure(self._describe(exc, guard)) from None
+        finally:
+            response.close()
+        if cancel.is_set():
+            yield self._done("cancelled", call, progress)
+            return
+        if not progress.terminal and progress.finish_reason is None:
+            raise _ReplicaFailure("the stream ended before the upstream finished the generation")
+        ended = time.perf_counter()
+        if first_token_at is not None:
+            progress.timings.setdefault("prompt_ms", (first_token_at - started) * 1000)
+            progress.timings.setdefault("predicted_ms", (ended - first_token_at) * 1000)
+        yield self._done(progress.finish_reason or "stop", call, progress)
+
+    @staticmethod
+    def _lines(response: httpx.Response, guard: StreamGuard) -> Iterator[str]:
+        for line in response.iter_lines():
+            guard.activity()
+            yield line
+
+    @staticmethod
+    def _read_chunk(dialect: str, chunk: dict[str, Any], progress: _Progress) -> str:
+        """The text of one streamed chunk; records finish reason, usage and timings on the way."""
+        if isinstance(chunk.get("usage"), dict):
+            progress.usage = chunk["usage"]
+        if isinstance(chunk.get("timings"), dict):
+            progress.timings.update(chunk["timings"])
+        if dialect == "infill":
+            if chunk.get("stop"):
+                progress.terminal = True
+                progress.finish_reason = _FINISH_REASONS.get(chunk.get("stop_type") or "eos", "stop")
+                for ours, theirs in (("prompt_tokens", "tokens_evaluated"), ("completion_tokens", "tokens_predicted")):
+                    if isinstance(chunk.get(theirs), int):
+                        progress.usage[ours] = chunk[theirs]
+                if isinstance(chunk.get("tokens_cached"), int):
+                    progress.usage["cached_tokens"] = chunk["tokens_cached"]
+                if chunk.get("truncated"):
+                    progress.usage["truncated"] = True
+            content = chunk.get("content")
+            return content if isinstance(content, str) else ""
+        choices = chunk.get("choices") or []
+        if not choices or not isinstance(choices[0], dict):
+            return ""
+        choice = choices[0]
+        reason = choice.get("finish_reason")
+        if reason:
+            progress.finish_reason = _FINISH_REASONS.get(reason, "stop")
+        if dialect == "chat":
+            delta = choice.get("delta") or {}
+            content = delta.get("content") if isinstance(delta, dict) else None
+        else:
+            content = choice.get("text")
+        return content if isinstance(content, str) else ""
+
+    def _done(self, reason: str, call: _Call, progress: _Progress, error: str | None = None) -> Done:
+        usage, timings = progress.usage, progress.timings
+        prompt_tokens = usage.get("prompt_tokens")
+        completion_tokens = usage.get("completion_tokens")
+        details = usage.get("prompt_tokens_details")
+        cached = usage.get("cached_tokens")
+        if cached is None and isinstance(details, dict):
+            cached = details.get("cached_tokens")
+        return Done(
+            finish_reason=reason,  # type: ignore[arg-type]
+            prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else call.prompt_tokens,
+            completion_tokens=completion_tokens if isinstance(completion_tokens, int) else progress.completion_tokens,
+            cached_tokens=cached if isinstance(cached, int) else 0,
+            prompt_ms=float(timings.get("prompt_ms") or 0.0),
+            predicted_ms=float(timings.get("predicted_ms") or 0.0),
+            truncated=bool(usage.get("truncated", False)),
+            error=error,
+        )
+
+    def _raise_for_status(self, replica: Replica, call: _Call, response: httpx.Response) -> None:
+        """Caller errors become RouterErrors (no retry); replica trouble becomes _ReplicaFailure."""
+        status = response.status_code
+        try:
+            raw = response.read()[:4000].decode("utf-8", "replace")
+        except httpx.HTTPError:
+            raw = ""
+        message = _error_text(parse_json(raw) or {}) or raw.strip() or response.reason_phrase
+        where = f"upstream {replica.url}{call.path}"
+        if call.dialect == "infill" and status in (404, 501):
+            raise FimNotSupported(f"model {self.model_id!r}: {where} cannot do FIM ({status}: {message})")
+        if status in (400, 413, 422):
+            lowered = message.lower()
+            if "context" in lowered and any(w in lowered for w in ("exceed", "length", "long", "size", "fit")):
+                raise ContextLengthExceeded(f"model {self.model_id!r}: {message}")
+            raise InvalidRequest(f"model {self.model_id!r}: {where} refused the request: {message}")
+        if status in (401, 403):
+            raise _ReplicaFailure(f"refused our credentials ({status}); check the model's api_key_env")
+        raise _ReplicaFailure(f"answered {status}: {message}")
+
+    @staticmethod
+    def _describe(exc: httpx.HTTPError, guard: StreamGuard) -> str:
+        if guard.reason and guard.reason != CANCELLED:
+            return guard.describe()
+        if isinstance(exc, httpx.ConnectTimeout):
+            return "connect timed out"
+        if isinstance(exc, httpx.ConnectError):
+            return f"cannot connect ({exc})"
+        if isinstance(exc, httpx.ReadTimeout):
+            return "read timed out"
+        return f"{type(exc).__name__}: {exc}"
+
+    def _tokenize(self, text: str) -> int | None:
+        """llama-server's /tokenize on any healthy replica; None when none answers."""
+        for replica in self.replicas.replicas:
+            if not replica.healthy:
+                continue
+            try:
+                response = self._client.post(
+                    replica.url + "/tokenize",
+                    json={"content": text},
+                    timeout=self.options.first_token_timeout_s,
+                )
+                if response.status_code == 200:
+                    tokens = response.json().get("tokens")
+                    if isinstance(tokens, list):
+                        return len(tokens)
+            except (httpx.HTTPError, ValueError):
+                continue
+        return None
+
+
+def _prompt_text(request: GenerationRequest) -> tuple[str, int]:
+    """The text a request will put in front of the model, and the tokens its framing adds."""
+    if request.kind == "chat":
+        parts = []
+        for message in request.messages:
+            content = message.get("content")
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):
+                parts.extend(p.get("text", "") for p in content if isinstance(p, dict))
+        return "\n".join(parts), CHAT_TOKENS_PER_MESSAGE * (len(request.messages) + 1)
+    if request.kind == "fim":
+        text = "".join([request.prefix, request.prompt, request.suffix, *(f"{f.filename or ''}\n{f.text}" for f in request.extra)])
+        return text, 4 + 2 * len(request.extra)
+    return request.prompt, 1
+
+
+def _error_text(body: dict[str, Any]) -> str:
+    error = body.get("error")
+    if isinstance(error, dict):
+        return str(error.get("message") or error)
+    if isinstance(error, str):
+        return error
+    detail = body.get("detail")
+    return str(detail) if detail else ""
+
+
+def _t_max_predict_cut(text: str, t_max_predict_ms: float | None, first_token_at: float) -> tuple[str, bool]:
+    """llama.vim's time budget: once spent, end the generation after the next newline."""
+    if t_max_predict_ms is None or (time.perf_counter() - first_token_at) * 1000 < t_max_predict_ms:
+        return text, False
+    cut = text.find("\n")
+    if cut < 0:
+        return text, False
+    return text[: cut + 1], True

@@ -1,0 +1,174 @@
+"""Real upstream servers on loopback for the upstream tests: llama-cpp-python's own server
+processes, and two tiny socket servers that misbehave on purpose (never answer / stall)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+# Tokens of the tiny GGUF that end a generation (</s>, the FIM and chat controls) and its
+# non-ASCII byte tokens (which make llama-cpp-python hold text back): biased away, the tiny
+# model streams printable text until max_tokens, which makes a long stream on demand.
+LONG_STREAM_BIAS = {i: -100.0 for i in [2, *range(259, 270), *range(3 + 128, 3 + 256)]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LlamaCppServer:
+    """`python -m llama_cpp.server` on 127.0.0.1, its access log kept to count requests."""
+
+    def __init__(self, model: Path, log_dir: Path, *, n_ctx: int = 512, port: int | None = None) -> None:
+        self.model = model
+        self.n_ctx = n_ctx
+        self.port = port or free_port()
+        self.log_path = log_dir / f"llama_cpp_server_{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+        self._log_offset = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 90.0) -> LlamaCppServer:
+        log = open(self.log_path, "ab")
+        self._log_offset = self.log_path.stat().st_size
+        cmd = [
+            sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--host", "127.0.0.1",
+            "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", "1", "--n_threads_batch", "1",
+        ]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/v1/models", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError(f"llama_cpp.server did not come up in {timeout_s}s: {self.log_path.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: the replica dies the way a crashed or OOM-killed server does."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def requests_served(self, path: str) -> int:
+        """POSTs to `path` in the access log since the last start (what the server says it got)."""
+        text = self.log_path.read_bytes()[self._log_offset :].decode("utf-8", "replace")
+        return text.count(f'"POST {path} HTTP/1.1"')
+
+
+class MisbehavingServer:
+    """A loopback HTTP server that accepts connections and then fails to answer properly.
+
+    mode "silent": reads the request and never answers (first-token timeout).
+    mode "stall":  answers 200 with one SSE token chunk, then goes silent (idle-stream timeout).
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.port = self._sock.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections.append(conn)
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head = data.split(b"\r\n", 1)[0]
+            if head.startswith(b"GET "):  # health checks pass: the server looks alive
+                body = b'{"status":"ok"}'
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                    + b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                )
+                conn.close()
+                return
+            if self.mode == "stall":
+                event = b'data: {"choices":[{"index":0,"text":"x","delta":{"content":"x"},"finish_reason":null}]}\n\n'
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                    + f"{len(event):x}\r\n".encode() + event + b"\r\n"
+                )
+            self._closed.wait()  # then say nothing more until the test ends
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._closed.set()
+        self._sock.close()
+        for conn in self.connections:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+
+class UnreachableServer:
+    """A listening socket whose accept queue is full: connects to it hang until the connect timeout."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(0)
+        self.port = self._sock.getsockname()[1]
+        self._fillers: list[socket.socket] = []
+        for _ in range(4):  # the kernel takes backlog + 1 connections; the rest are left hanging
+            filler = socket.socket()
+            filler.settimeout(0.2)
+            try:
+                filler.connect(("127.0.0.1", self.port))
+            except OSError:
+                filler.close()
+                break
+            self._fillers.append(filler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        for filler in self._fillers:
+            filler.close()
+        self._sock.close()
