@@ -226,27 +226,20 @@ def read_piped_stdin() -> str | None:
 
 
 def build_catalog(settings: Settings):
-    """The catalog the settings describe: --model files, else a catalog file, else the profile."""
-    from models import catalog as catalog_module
+    """The catalog the settings describe (the server's own rule: catalog file, --model files, profile)."""
+    from router.app import build_catalog as server_catalog
 
-    if settings.models:
-        return catalog_module.catalog_from_files({label: Path(p) for label, p in settings.models.items()})
-    if settings.catalog is not None:
-        return catalog_module.load_catalog(settings.catalog)
-    return catalog_module.builtin_profile(settings.profile)
+    return server_catalog(settings)
 
 
 def load_classifier(settings: Settings, console: Console):
     """The shipped (or configured) classifier; shape rules only if it cannot load, said loudly."""
-    import classifier
+    from router.app import build_classifier
 
-    try:
-        return classifier.Classifier.load(settings.classifier_artifact)
-    except classifier.ArtifactError as exc:
-        if settings.classifier_artifact is not None:
-            raise
-        console.print(f"[yellow]warning:[/] {escape(str(exc))}; routing by request shape only.")
-        return classifier.Classifier.shape_only()
+    classifier, warning = build_classifier(settings)
+    if warning:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
+    return classifier
 
 
 def probe_router(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
@@ -290,26 +283,13 @@ def answer_in_process(
     on_decision, on_text,
 ) -> Answer:
     """Classify, route, load (fetching weights on first use) and generate, all in this process."""
-    from models.backend import BackendOptions, GenerationRequest, SamplingParams, Token
-    from models.pool import Pool
+    from models.backend import GenerationRequest, SamplingParams, Token
+    from router.app import build_pool
     from router.routing import Router
 
     catalog = build_catalog(settings)
     classifier = load_classifier(settings, console)
-    options = BackendOptions(
-        n_threads=settings.n_threads,
-        n_threads_batch=settings.n_threads_batch,
-        connect_timeout_s=settings.connect_timeout_s,
-        first_token_timeout_s=settings.first_token_timeout_s,
-        idle_stream_timeout_s=settings.idle_stream_timeout_s,
-    )
-    pool = Pool(
-        catalog,
-        options=options,
-        memory_budget_bytes=settings.memory_budget_bytes,
-        idle_ttl_s=settings.idle_ttl_s,
-        queue_size=settings.queue_size,
-    )
+    pool = build_pool(settings, catalog)
     try:
         endpoint, body = request_body(prompt, raw, model, sampling)
         route = Router(catalog, classifier, pool).route(endpoint, body, model)

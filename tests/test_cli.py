@@ -104,7 +104,7 @@ def test_json_result_shape(tiny_models):
     assert payload["finish_reason"] in ("stop", "length")
     assert 0 <= payload["usage"]["completion_tokens"] <= 3
     assert payload["usage"]["prompt_tokens"] > 0
-    assert result.stderr == ""  # --json keeps the decision out of stderr too
+    assert "confidence" not in result.stderr  # --json keeps the decision line out of stderr too
 
 
 def test_forced_label_and_forced_model_id(tiny_models):
