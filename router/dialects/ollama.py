@@ -319,7 +319,7 @@ def build() -> APIRouter:
         modified = datetime.fromtimestamp(getattr(state(request), "started_at", time.time()), timezone.utc)
         return {
             "name": name, "model": name, "modified_at": modified.isoformat(),
-            "size": (spec.weights_bytes() or 0) if spec is not None and hasattr(spec, "weights_bytes") else 0,
+            "size": (getattr(spec, "weights_bytes", None) or 0) if spec is not None else 0,
             "digest": spec_digest(spec) if spec is not None else hashlib.sha256(name.encode()).hexdigest(),
             "details": details(spec),
         }

@@ -250,8 +250,9 @@ def build() -> APIRouter:
     @api.post("/v1/chat/completions", openapi_extra=openapi_body(ChatRequest))
     async def chat_completions(request: Request):
         req, raw = await parse(request, ChatRequest)
+        messages = req.internal_messages()  # refuse what a text model cannot read before classifying it
         route = route_request(request, "/v1/chat/completions", raw, req.model)
-        gen_request = GenerationRequest(kind="chat", params=req.params(None), messages=req.internal_messages())
+        gen_request = GenerationRequest(kind="chat", params=req.params(None), messages=messages)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         fmt = OpenAIFormat(True, route.model_id, include_usage)
         return await answer(request, dialect=OPENAI, route=route, gen_request=gen_request, fmt=fmt, stream=req.stream)
