@@ -112,3 +112,41 @@ def diagnose_gguf(path: Path) -> str | None:
     except OSError as exc:
         return f"it cannot be read ({exc.strerror or exc})"
     return None
+
+
+def read_metadata(path: Path, wanted: set[str]) -> dict[str, object]:
+    """The wanted scalar metadata values, reading only as far as needed (architecture keys come
+    before the large tokenizer arrays in converted files, so this is cheap)."""
+    found: dict[str, object] = {}
+    with Path(path).open("rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise GGUFError("it is not a GGUF file (wrong magic bytes)")
+        _read(f, "I")
+        _, n_kv = _read(f, "QQ")
+        for _ in range(n_kv):
+            key = _string(f)
+            (vtype,) = _read(f, "I")
+            value = _skip_value(f, vtype)
+            if key in wanted or (key == "general.architecture" and isinstance(value, str)):
+                found[key] = value
+                if key == "general.architecture":
+                    wanted = {w.replace("{arch}", str(value)) for w in wanted}
+            if wanted and wanted <= found.keys():
+                break
+    return found
+
+
+def kv_cache_bytes(path: Path, n_ctx: int) -> int:
+    """f16 K and V for every layer and position of an `n_ctx` context (0 if the header lacks the sizes)."""
+    keys = {"{arch}.block_count", "{arch}.embedding_length", "{arch}.attention.head_count",
+            "{arch}.attention.head_count_kv"}
+    try:
+        meta = read_metadata(path, keys)
+        arch = meta["general.architecture"]
+        n_layer = int(meta[f"{arch}.block_count"])
+        n_embd = int(meta[f"{arch}.embedding_length"])
+        n_head = int(meta[f"{arch}.attention.head_count"])
+        n_head_kv = int(meta.get(f"{arch}.attention.head_count_kv", n_head))
+        return n_ctx * n_layer * n_head_kv * (n_embd // n_head) * 2 * 2
+    except (GGUFError, OSError, KeyError, ValueError, ZeroDivisionError):
+        return 0

@@ -6,8 +6,8 @@ Overloaded with a Retry-After estimate) and served by that model's worker thread
 for an unloaded model starts a load in its own thread; a load is never aborted because the
 request that caused it went away, and a failed load fails that model's queued requests only.
 
-Memory: each model counts its weights file (plus its KV cache, once loaded) against the
-budget. Loading evicts idle, unpinned models in least-recently-used order; a model that is
+Memory: each model counts its weights file plus its KV cache (read from the GGUF header)
+against the budget. Loading evicts idle, unpinned models in least-recently-used order; a model that is
 generating, has requests queued, or is pinned is never evicted. When the budget is held by
 busy models the load waits for them (up to `load_wait_s`, then Overloaded: try again); when
 it can never fit (the model alone, or beside the pinned ones, exceeds the budget) it fails at
@@ -486,13 +486,17 @@ class Pool:
             to_close.close()
 
     def _estimate(self, spec: Any, weights: Path | None) -> int:
-        """Bytes a model will hold before loading it: its weights file (the KV cache is added once loaded)."""
-        if spec.size_bytes:
-            return int(spec.size_bytes)
+        """Bytes a model will hold, before loading it: its weights file plus its KV cache."""
+        from models.gguf_header import kv_cache_bytes
+
+        size = int(spec.size_bytes or 0)
+        if weights is None:
+            return size
         try:
-            return weights.stat().st_size if weights is not None else 0
+            size = size or weights.stat().st_size
         except OSError:
-            return 0
+            return size
+        return size + kv_cache_bytes(weights, int(spec.n_ctx))
 
     def _used_locked(self, exclude: _Entry | None = None) -> int:
         return sum(e.size_bytes for e in self._entries.values() if e.state != "unloaded" and e is not exclude)
