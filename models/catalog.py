@@ -343,3 +343,15 @@ def catalog_from_files(files: Mapping[str, str | os.PathLike[str]], *, n_ctx: in
         taken.add(model_id)
         models.append({"id": model_id, "labels": labels, "n_ctx": n_ctx, "source": {"kind": "local", "path": str(path)}})
     return catalog_from_data({"models": models}, origin="--model files")
+
+
+def select_catalog(
+    *, catalog: str | os.PathLike[str] | None = None, models: Mapping[str, str | os.PathLike[str]] | None = None,
+    profile: str = "starter",
+) -> Catalog:
+    """The one precedence rule for settings: a catalog file, else LABEL=PATH files, else a profile."""
+    if catalog is not None:
+        return load_catalog(catalog)
+    if models:
+        return catalog_from_files(models)
+    return builtin_profile(profile)

@@ -45,9 +45,10 @@ def _settings(profile: str | None, catalog: Path | None):
 
 
 def _catalog(settings):
-    from router.cli import build_catalog
+    # models.catalog's rule directly: importing the server (router.app) would cost seconds here.
+    from models.catalog import select_catalog
 
-    return build_catalog(settings)
+    return select_catalog(catalog=settings.catalog, models=dict(settings.models), profile=settings.profile)
 
 
 def _find(model: str, catalog):

@@ -21,6 +21,7 @@ from models.catalog import (
     load_catalog,
     profile_names,
     resolve_local_path,
+    select_catalog,
 )
 
 SHA = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
@@ -288,3 +289,11 @@ def test_catalog_from_files_refuses_unknown_labels(tmp_path):
 def test_same_file_name_in_two_folders_gets_two_ids(tmp_path):
     catalog = catalog_from_files({"code_edit": tmp_path / "a" / "m.gguf", "chat": tmp_path / "b" / "m.gguf"})
     assert catalog.ids() == ["m", "m-2"]
+
+
+def test_select_catalog_precedence(tmp_path):
+    path = write_catalog(tmp_path, {"models": [hf_model()]})
+    files = {"chat": tmp_path / "c.gguf"}
+    assert select_catalog(catalog=path, models=files, profile="laptop").ids() == ["coder"]
+    assert select_catalog(models=files, profile="laptop").ids() == ["c"]
+    assert select_catalog(profile="laptop").ids() == builtin_profile("laptop").ids()
