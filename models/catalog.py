@@ -7,6 +7,7 @@ ignored setting. Built-in profiles live in models/profiles/*.yaml.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Mapping
@@ -237,6 +238,7 @@ def _rebase_local_paths(data: Any, base_dir: Path) -> Any:
     """Rewrite relative `source.path` values of local models against base_dir, before validation."""
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
         return data
+    data = copy.deepcopy(data)  # the caller's data stays as given
     for model in data["models"]:
         if isinstance(model, dict) and isinstance(model.get("source"), dict):
             src = model["source"]
@@ -273,11 +275,11 @@ def _describe(exc: ValidationError) -> str:
 
 
 def catalog_from_data(data: Any, *, base_dir: str | os.PathLike[str] | None = None, origin: str = "catalog") -> Catalog:
-    """Validate already-parsed YAML/JSON data. Relative local paths resolve against base_dir."""
+    """Validate already-parsed YAML/JSON data. Relative local paths resolve against base_dir
+    (default: the working directory) and may not leave it."""
     if not isinstance(data, dict):
         raise CatalogError(f"{origin}: expected a mapping with a 'models' list at the top level")
-    if base_dir is not None:
-        data = _rebase_local_paths(data, Path(base_dir))
+    data = _rebase_local_paths(data, Path(base_dir) if base_dir is not None else Path.cwd())
     try:
         return Catalog.model_validate(data)
     except ValidationError as exc:
