@@ -12,7 +12,8 @@ import re
 from classifier.code_shape import code_line_count
 
 CONTEXT_SEPARATOR = "\x1e"
-CHAR_GRAM_CHARS = 384  # char n-grams over the head of the turn only: typos, other languages, symbols
+CHAR_GRAM_CHARS = 192  # char n-grams over the head of the turn only: typos, other languages, symbols
+BIGRAM_WORDS = 96  # word pairs from the head of the turn only: bounded cost per request
 _TOKEN = re.compile(r"\w+|[^\w\s]{1,3}")
 
 
@@ -31,8 +32,9 @@ def analyze(document: str) -> list[str]:
     lowered = current.lower()
     words = _TOKEN.findall(lowered)
     features = ["w:" + w for w in words]
-    features += ["b:" + a + " " + b for a, b in zip(words, words[1:])]
-    head = " ".join(lowered[:CHAR_GRAM_CHARS].split())  # whitespace-free grams: see model._pack_vocabulary
+    head_words = words[:BIGRAM_WORDS]
+    features += ["b:" + a + " " + b for a, b in zip(head_words, head_words[1:])]
+    head = " ".join(lowered[:CHAR_GRAM_CHARS].split())  # no whitespace inside a feature: see model._TERM_SEPARATOR
     features += ["c:" + head[i : i + 4] for i in range(len(head) - 3)]
     features.append("s:codelines=" + _bucket(code_line_count(current, max_lines=30)))
     features.append("s:words=" + _bucket(len(words) // 8))
