@@ -588,6 +588,24 @@ def _format_value(value: Any) -> str:
 # --------------------------------------------------------------------------- other owners' commands
 
 
+def loaded_models_from_router(settings: Settings) -> set[str] | None:
+    """Ids loaded in the router listening at the configured address (Ollama's /api/ps), None if none answers."""
+    import httpx
+
+    url = settings.server_url or local_router_url(settings)
+    if not probe_router(url):
+        return None
+    headers = {}
+    if settings.api_key is not None:
+        headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
+    try:
+        response = httpx.get(url.rstrip("/") + "/api/ps", headers=headers, timeout=2.0)
+        response.raise_for_status()
+        return {str(m.get("model") or m.get("name")) for m in response.json().get("models", [])}
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+
+
 def register_optional_commands(application: typer.Typer) -> None:
     """Add the classifier's and the catalog's commands (their own modules) when they are installed."""
     for module_name in ("router.cli_classifier", "router.cli_models"):
@@ -597,7 +615,10 @@ def register_optional_commands(application: typer.Typer) -> None:
             if exc.name == module_name:
                 continue
             raise
-        module.register(application)
+        if module_name == "router.cli_models":
+            module.register(application, loaded_models=loaded_models_from_router)
+        else:
+            module.register(application)
 
 
 register_optional_commands(app)

@@ -21,6 +21,11 @@ from router.settings import setting_sources
 runner = CliRunner()
 
 
+def decision_line(stderr: str) -> str:
+    """The routing decision the CLI prints on stderr (llama.cpp may log its own lines around it)."""
+    return next(line for line in stderr.splitlines() if line.startswith("→"))
+
+
 def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -79,7 +84,7 @@ def test_help_lists_the_commands():
 def test_prompt_is_the_default_command(tiny_models):
     result = run("write a python function that reverses a string", "--local", "--max-tokens", "4")
     assert result.exit_code == 0, result.output
-    decision = result.stderr.strip().splitlines()[0]
+    decision = decision_line(result.stderr)
     assert "code_edit" in decision or "instruct" in decision
     assert "tiny" in decision  # the model id comes from the file name
     assert "confidence" in decision
@@ -89,7 +94,7 @@ def test_prompt_is_the_default_command(tiny_models):
 def test_options_before_the_prompt_still_mean_the_default_command(tiny_models):
     result = run("--model", "chat", "--local", "--max-tokens", "2", "hello", "there")
     assert result.exit_code == 0, result.output
-    assert "chat" in result.stderr.splitlines()[0]
+    assert "chat" in decision_line(result.stderr)
 
 
 def test_json_result_shape(tiny_models):
