@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 import pytest
 import typer
@@ -24,6 +25,9 @@ def catalog_file(tmp_path, monkeypatch, hf_cache, tiny_gguf):
         if name.startswith("ROUTE_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("ROUTE_CONFIG_FILE", str(tmp_path / "config.yaml"))
+    with socket.socket() as sock:  # no router listens there: the LOADED column stays away
+        sock.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("ROUTE_PORT", str(sock.getsockname()[1]))
     data = {"models": [
         {"id": "tiny", "labels": ["code_edit", "fim"], "source": {
             "kind": "hf", "repo": REPO, "file": FILE, "revision": COMMIT,
