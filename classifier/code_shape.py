@@ -18,7 +18,7 @@ _CODE_START = re.compile(
     r"(?:public|private|protected|internal)\s+[\w<]|"
     r"(?:package|namespace|using|module)\s+[\w.]+\s*[;{]?\s*$|"
     r"#\s*(?:include|define|pragma|if|ifdef|ifndef|endif)\b|#!|"
-    r"(?:SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER)\s|"
+    r"(?:SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|FROM|WHERE|JOIN|LEFT|INNER|GROUP BY|ORDER BY|HAVING|LIMIT|VALUES|WITH)\b|"
     r"@\w+[\w.]*\s*(?:\(|$)|<\?php|<!DOCTYPE|<html|<div|<script|<template|"
     r"pub(?:\(crate\))?\s+(?:fn|struct|trait|mod|use|enum|const|static|type)\s|"
     r"[}\])]|//|/\*|\*\s|\*/|--\s|\"\"\"|'''|'use [a-z]+'|\"use [a-z]+\""

@@ -1,0 +1,73 @@
+"""Bad request bodies get InvalidRequestShape naming the field, never a crash or a guess."""
+
+from __future__ import annotations
+
+import pytest
+
+from classifier import Classifier, InvalidRequestShape
+
+
+@pytest.fixture(scope="module")
+def clf() -> Classifier:
+    return Classifier.load()
+
+
+BAD = [
+    ("/v1/embeddings", {"input": "x"}, "endpoint", "unsupported endpoint"),
+    ("/v1/chat/completions", ["not", "an", "object"], "body", "JSON object"),
+    ("/v1/chat/completions", {}, "messages", "required"),
+    ("/v1/chat/completions", {"messages": []}, "messages", "at least one message"),
+    ("/api/chat", {"messages": "hello"}, "messages", "list of messages"),
+    ("/api/chat", {"messages": ["hello"]}, "messages[0]", "must be an object"),
+    ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role", "unknown role"),
+    ("/v1/chat/completions", {"messages": [{"content": "hi"}]}, "messages[0].role", "unknown role"),
+    ("/v1/chat/completions", {"messages": [{"role": "system", "content": "be nice"}]}, "messages", "no user message"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": ""}]}, "messages[0].content", "empty"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "   \n"}]}, "messages[0].content", "empty"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": 42}]}, "messages[0].content", "string or a list"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": ["x"]}]}, "messages[0].content[0]", "must be an object"),
+    ("/v1/completions", {}, "prompt", "required"),
+    ("/v1/completions", {"prompt": {"text": "x"}}, "prompt", "must be a string"),
+    ("/v1/completions", {"prompt": []}, "prompt", "empty list"),
+    ("/v1/completions", {"prompt": [None]}, "prompt", "list of null"),
+    ("/v1/completions", {"prompt": "x", "suffix": 3}, "suffix", "must be a string"),
+    ("/completion", {"prompt": 12}, "prompt", "must be a string"),
+    ("/api/generate", {"prompt": "x", "suffix": ["y"]}, "suffix", "must be a string"),
+    ("/api/generate", {"prompt": "x", "system": 1}, "system", "must be a string"),
+    ("/api/generate", {"prompt": "x", "context": "abc"}, "context", "token ids"),
+    ("/infill", {}, "input_prefix", "required"),
+    ("/infill", {"input_prefix": 1, "input_suffix": ""}, "input_prefix", "must be a string"),
+    ("/infill", {"input_prefix": "", "input_suffix": None, "input_extra": "x"}, "input_extra", "list"),
+    ("/infill", {"input_prefix": "", "input_suffix": "", "input_extra": [{"text": 5}]}, "input_extra[0]", "string `text`"),
+]
+
+
+@pytest.mark.parametrize("endpoint,body,field,words", BAD, ids=[f"{e}:{f}:{w}" for e, _, f, w in BAD])
+def test_bad_request_is_invalid_request_shape(clf, endpoint, body, field, words):
+    with pytest.raises(InvalidRequestShape) as info:
+        clf.classify(endpoint, body)
+    assert info.value.field == field
+    assert words in info.value.message
+    assert field in str(info.value)
+
+
+def test_invalid_request_shape_is_a_value_error():
+    assert issubclass(InvalidRequestShape, ValueError)
+
+
+def test_shape_only_validates_too():
+    with pytest.raises(InvalidRequestShape):
+        Classifier.shape_only().classify("/api/chat", {"messages": []})
+
+
+def test_huge_prompt_is_classified_not_rejected(clf):
+    huge = "Please summarise the following meeting notes.\n" + "The team discussed the quarterly roadmap. " * 30_000
+    assert len(huge) > 1_000_000
+    d = clf.classify("/v1/chat/completions", {"messages": [{"role": "user", "content": huge}]})
+    assert d.label.value == "instruct"
+
+
+def test_wrong_types_in_ignored_fields_are_tolerated(clf):
+    """Fields the classifier does not read are the dialect adapter's to validate, not ours."""
+    d = clf.classify("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi there, how are you?"}], "temperature": "hot"})
+    assert d.label.value == "instruct"
