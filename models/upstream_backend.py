@@ -134,6 +134,7 @@ class UpstreamBackend:
             backoff_max_s=backoff_max_s,
         )
         self._watchdog = StreamWatchdog(name=f"upstream-watchdog-{self.model_id}")
+        self._memo = threading.local()
         self._closed = False
 
     def _canonical_family(self, family: str) -> str:
@@ -151,13 +152,21 @@ class UpstreamBackend:
         return self.api == "llama.cpp" or self.fim_family is not None
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
-        """Exact from llama-server's /tokenize when the estimate comes near n_ctx; an estimate otherwise."""
+        """Exact from llama-server's /tokenize when the estimate comes near n_ctx; an estimate otherwise.
+
+        The pool counts before generate() and generate() needs the count again (usage, when the
+        upstream reports none): the last answer per thread is kept so /tokenize runs once.
+        """
+        memo = getattr(self._memo, "count", None)
+        if memo is not None and memo[0] is request:
+            return memo[1]
         text, overhead = _prompt_text(request)
-        estimate = overhead + math.ceil(len(text) / CHARS_PER_TOKEN)
-        if self.api != "llama.cpp" or estimate < self.n_ctx // 2:
-            return estimate
-        exact = self._tokenize(text)
-        return estimate if exact is None else exact + overhead
+        count = overhead + math.ceil(len(text) / CHARS_PER_TOKEN)
+        if self.api == "llama.cpp" and count >= self.n_ctx // 2:
+            exact = self._tokenize(text)
+            count = count if exact is None else exact + overhead
+        self._memo.count = (request, count)
+        return count
 
     def generate(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[Event]:
         """Stream from the least busy replica; fail over to another one until the first token."""

@@ -7,7 +7,9 @@ Outer router (real uvicorn) -> code_edit: the tiny GGUF in-process
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 
 import httpx
 import openai
@@ -125,15 +127,43 @@ def test_infill_through_an_upstream_speaking_llama_cpp(router, fim_upstream):
         "input_prefix": "def add(a, b):\n", "input_suffix": "\n", "prompt": "    return ",
         "input_extra": [{"text": "x = 1\n", "filename": "x.py"}], "n_predict": 6, "stream": False,
     }
-    before = fim_upstream.state.pool.counters.tokens.get("tiny-qwen", 0)
+    before = sum(fim_upstream.state.pool.counters.tokens.values())
     response = httpx.post(router.url + "/infill", json=body, timeout=60)
     assert response.status_code == 200, response.text
     assert response.headers["x-route-model"] == "up-fim" and response.headers["x-route-label"] == "fim"
     result = response.json()
     assert isinstance(result["content"], str) and result["stop"] is True
     assert result["stop_type"] in ("eos", "limit", "word")
-    tokens = fim_upstream.state.pool.counters.tokens
-    assert sum(tokens.values()) > before, tokens  # the upstream router really generated it
+    # The upstream router really generated it (its worker counts tokens just after the last event).
+    deadline = time.monotonic() + 10
+    while sum(fim_upstream.state.pool.counters.tokens.values()) <= before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sum(fim_upstream.state.pool.counters.tokens.values()) > before
+
+
+def test_infill_warmup_reaches_the_upstream_and_generates_nothing(router, fim_upstream):
+    """llama.vim's ring-buffer warm-up (n_predict 0) is forwarded so the upstream caches the context."""
+    body = {
+        "input_prefix": "", "input_suffix": "", "prompt": "", "n_predict": 0,
+        "input_extra": [{"text": "class A:\n    x = 1\n", "filename": "a.py", "time": [1, 2]}],
+        "t_max_prompt_ms": 1, "t_max_predict_ms": 1, "response_fields": [""], "cache_prompt": True,
+    }
+    response = httpx.post(router.url + "/infill", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-route-model"] == "up-fim"
+
+
+def test_ollama_generate_streams_ndjson_from_an_upstream(router, chat_upstream):
+    before = chat_upstream.requests_served("/v1/completions")
+    lines = []
+    body = {"model": "instruct", "prompt": "Tell me a story", "options": {"num_predict": 6}}
+    with httpx.stream("POST", router.url + "/api/generate", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        assert response.headers["x-route-model"] == "up-chat"
+        lines = [json.loads(line) for line in response.iter_lines() if line]
+    assert all(not line["done"] for line in lines[:-1]) and lines[-1]["done"] is True
+    assert lines[-1]["done_reason"] in ("stop", "length") and lines[-1]["eval_count"] >= 1
+    assert chat_upstream.requests_served("/v1/completions") + chat_upstream.requests_served("/v1/chat/completions") > before
 
 
 def test_upstream_down_is_a_502_in_the_callers_dialect(oai, router):

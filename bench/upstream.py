@@ -1,0 +1,196 @@
+"""What the router costs in front of an upstream: the same upstream called directly vs through us.
+
+One upstream, llama-cpp-python's own server (`python -m llama_cpp.server`, 2 threads), and our
+router (`route serve`) whose catalog sends every label to that upstream (`kind: upstream`).
+The same prompts, greedy, go (a) straight to the upstream's /v1/chat/completions and (b) to the
+router with `model: auto` (classified, routed, pooled, forwarded, re-rendered), interleaved per
+prompt with the order alternating, in one run. Reported: time to first token, decode tokens/s
+while streaming (tokens after the first over the time from first to last), end-to-end time
+without streaming, and whether the greedy texts are identical.
+
+Weights: the real Qwen2.5-Coder-0.5B-Instruct when cached (HF cache, or
+/tmp/qwen/qwen2.5-coder-0.5b-instruct.gguf), otherwise the tiny test GGUF (said in the output).
+
+    .venv/bin/python bench/upstream.py                     # the real run (~3 min here)
+    .venv/bin/python bench/upstream.py --prompts 2 --max-tokens 16 --tiny   # a quick look
+
+Prints a table and writes bench/results/upstream.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: the repo root, not bench/, goes first on sys.path
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import httpx  # noqa: E402
+import yaml  # noqa: E402
+
+from bench.common import (  # noqa: E402
+    ROOT, Timed, fmt, llama_cpp_server, machine, median, post_json, post_stream, print_table, qwen_weights,
+    router_server, running, write_results,
+)
+
+PROMPTS: list[str] = [
+    "Write a Python function that checks whether a string is a palindrome, ignoring case and spaces.",
+    "Fix the bug in this code:\n\ndef average(values):\n    return sum(values) / len(values) + 1",
+    "Explain what this regular expression matches: ^[a-z0-9._%+-]+@[a-z0-9.-]+\\.[a-z]{2,}$",
+    "Write a SQL query that returns the ten customers with the highest total order amount.",
+    "Give three tips for writing clear commit messages.",
+    "Translate this JavaScript to Python:\n\nconst sum = arr => arr.reduce((a, b) => a + b, 0);",
+    "What is the difference between a process and a thread?",
+    "Write a bash one-liner that counts the lines of every .py file under the current directory.",
+]
+
+UPSTREAM_ID = "upstream-coder"
+
+
+def pick_weights(force_tiny: bool) -> tuple[Path, str]:
+    """The real Qwen weights where cached, else the tiny test GGUF: (path, what it is)."""
+    if not force_tiny:
+        try:
+            return qwen_weights(), "Qwen2.5-Coder-0.5B-Instruct Q4_K_M (real weights)"
+        except SystemExit as exc:
+            print(f"real weights unavailable ({exc}); using the tiny test GGUF", file=sys.stderr)
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_gguf import write_tiny_gguf
+
+    path = write_tiny_gguf(Path(tempfile.mkdtemp(prefix="bench-upstream-")) / "tiny.gguf", fim_family="qwen", n_ctx=4096)
+    return path, "tiny test GGUF (gibberish; timings only show the router's own overhead)"
+
+
+def catalog_for(upstream_url: str) -> Path:
+    """A catalog sending every label to the one upstream."""
+    data = {
+        "models": [
+            {
+                "id": UPSTREAM_ID,
+                "labels": ["code_edit", "fim", "chat", "instruct"],
+                "n_ctx": 4096,
+                "fim_family": "qwen",
+                "source": {"kind": "upstream", "api": "openai", "urls": [upstream_url]},
+            }
+        ]
+    }
+    path = Path(tempfile.mkdtemp(prefix="bench-upstream-")) / "catalog.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def call(client: httpx.Client, base: str, model: str | None, prompt: str, max_tokens: int, stream: bool) -> Timed:
+    body: dict[str, Any] = {
+        "messages": [{"role": "user", "content": prompt}], "temperature": 0.0, "max_tokens": max_tokens,
+        "stream": stream,
+    }
+    if model is not None:
+        body["model"] = model
+    url = base + "/v1/chat/completions"
+    timed = post_stream(client, url, body) if stream else post_json(client, url, body)
+    if timed.status != 200:
+        raise RuntimeError(f"{base} answered {timed.status}: {timed.body}")
+    return timed
+
+
+def decode_tps(t: Timed) -> float | None:
+    """Streaming decode speed: tokens after the first over the time from first to last token."""
+    if t.ttft_s is None or t.last_token_s is None or t.chunks < 2 or t.last_token_s <= t.ttft_s:
+        return None
+    return (t.chunks - 1) / (t.last_token_s - t.ttft_s)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="How many of the prompts to run.")
+    parser.add_argument("--max-tokens", type=int, default=96, help="Tokens to generate per request.")
+    parser.add_argument("--tiny", action="store_true", help="Use the tiny test GGUF even if real weights exist.")
+    args = parser.parse_args()
+    prompts = PROMPTS[: args.prompts]
+
+    weights, weights_note = pick_weights(args.tiny)
+    print(f"model: {weights_note}\n  {weights}")
+    upstream = llama_cpp_server(weights)
+    router = router_server(config=catalog_for(upstream.url), idle_ttl_s=0)
+    rows: list[dict[str, Any]] = []
+    with running(upstream, router), httpx.Client(timeout=600) as client:
+        paths = {"direct": (upstream.url, None), "router": (router.url, "auto")}
+        for name, (base, model) in paths.items():  # warm-up: model pages, prompt cache, router's backend
+            call(client, base, model, "hello", 4, True)
+            call(client, base, model, "hello", 4, False)
+        for i, prompt in enumerate(prompts):
+            order = ["direct", "router"] if i % 2 == 0 else ["router", "direct"]
+            row: dict[str, Any] = {"prompt": prompt}
+            for stream in (True, False):
+                for name in order:
+                    base, model = paths[name]
+                    t = call(client, base, model, prompt, args.max_tokens, stream)
+                    key = f"{name}_{'stream' if stream else 'json'}"
+                    row[key] = {
+                        "ttft_ms": None if t.ttft_s is None else t.ttft_s * 1000,
+                        "total_ms": t.total_s * 1000,
+                        "tokens": t.chunks,
+                        "decode_tps": decode_tps(t),
+                        "text": t.text,
+                        "route_model": t.headers.get("x-route-model"),
+                        "route_label": t.headers.get("x-route-label"),
+                    }
+            rows.append(row)
+            d, r = row["direct_stream"], row["router_stream"]
+            print(f"  prompt {i + 1}/{len(prompts)}: ttft {fmt(d['ttft_ms'])} vs {fmt(r['ttft_ms'])} ms, "
+                  f"decode {fmt(d['decode_tps'])} vs {fmt(r['decode_tps'])} tok/s")
+
+    def med(key: str, field: str) -> float:
+        return median([row[key][field] for row in rows])
+
+    ttft_added = median([row["router_stream"]["ttft_ms"] - row["direct_stream"]["ttft_ms"] for row in rows
+                         if row["router_stream"]["ttft_ms"] is not None and row["direct_stream"]["ttft_ms"] is not None])
+    tps_ratio = median([row["router_stream"]["decode_tps"] / row["direct_stream"]["decode_tps"] for row in rows
+                        if row["router_stream"]["decode_tps"] and row["direct_stream"]["decode_tps"]])
+    json_ratio = median([row["router_json"]["total_ms"] / row["direct_json"]["total_ms"] for row in rows])
+    identical = sum(row["router_stream"]["text"] == row["direct_stream"]["text"] for row in rows)
+    routed_to = sorted({row["router_stream"]["route_model"] for row in rows if row["router_stream"]["route_model"]})
+
+    table = [
+        ["upstream directly", fmt(med("direct_stream", "ttft_ms")), fmt(med("direct_stream", "decode_tps")),
+         fmt(med("direct_json", "total_ms"), 0), "1.000", "-"],
+        ["through the router", fmt(med("router_stream", "ttft_ms")), fmt(med("router_stream", "decode_tps")),
+         fmt(med("router_json", "total_ms"), 0), fmt(tps_ratio, 3), fmt(ttft_added, 1, " ms")],
+    ]
+    print_table(
+        f"Router overhead in front of an upstream (llama_cpp.server), {len(rows)} prompts, "
+        f"{args.max_tokens} tokens, greedy",
+        ["path", "TTFT p50 ms", "decode tok/s p50", "non-stream total p50 ms", "decode ratio", "TTFT added p50"],
+        table,
+        caption=f"model: {weights_note}; identical greedy text {identical}/{len(rows)}; "
+                f"non-stream total ratio {fmt(json_ratio, 3)}; routed to {', '.join(routed_to)}",
+    )
+    write_results("upstream", {
+        "benchmark": "router overhead in front of an upstream",
+        "model": weights_note,
+        "weights": str(weights),
+        "upstream": "python -m llama_cpp.server (2 threads)",
+        "router_catalog": {"id": UPSTREAM_ID, "source": "upstream, api openai, 1 replica"},
+        "max_tokens": args.max_tokens,
+        "machine": machine(),
+        "summary": {
+            "direct_ttft_ms_p50": med("direct_stream", "ttft_ms"),
+            "router_ttft_ms_p50": med("router_stream", "ttft_ms"),
+            "ttft_added_ms_p50": ttft_added,
+            "direct_decode_tps_p50": med("direct_stream", "decode_tps"),
+            "router_decode_tps_p50": med("router_stream", "decode_tps"),
+            "decode_tps_ratio_p50": tps_ratio,
+            "direct_json_total_ms_p50": med("direct_json", "total_ms"),
+            "router_json_total_ms_p50": med("router_json", "total_ms"),
+            "json_total_ratio_p50": json_ratio,
+            "identical_greedy_text": f"{identical}/{len(rows)}",
+        },
+        "requests": rows,
+    })
+
+
+if __name__ == "__main__":
+    main()
