@@ -60,7 +60,9 @@ class ReplicaSet:
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        background_health: bool = True,
     ) -> None:
+        """`background_health=False` leaves probing to acquire() alone (callers driving the clock)."""
         if not urls:
             raise ValueError(f"upstream model {model_id!r} has no replica urls")
         self.model_id = model_id
@@ -77,7 +79,8 @@ class ReplicaSet:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._health_loop, name=f"health-{model_id}", daemon=True)
-        self._thread.start()
+        if background_health:
+            self._thread.start()
 
     # --- picking -------------------------------------------------------------------------------
 
@@ -197,4 +200,5 @@ class ReplicaSet:
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=self._health_timeout_s * len(self._health_paths) + 1)
+        if self._thread.is_alive():
+            self._thread.join(timeout=self._health_timeout_s * len(self._health_paths) + 1)

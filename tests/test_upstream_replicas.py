@@ -1,0 +1,108 @@
+"""ReplicaSet bookkeeping: least outstanding requests, backoff, probing back to health.
+
+The replicas here are real loopback endpoints: a port nobody listens on (down) and a tiny
+socket server that answers health checks (up). The clock is the set's own parameter and probing
+happens only in acquire()/probe(), so the backoff arithmetic is checked exactly without sleeping.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from models.errors import UpstreamUnavailable
+from models.replicas import ReplicaSet
+from upstream_harness import MisbehavingServer, free_port
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def client():
+    with httpx.Client() as c:
+        yield c
+
+
+@pytest.fixture
+def healthy_server():
+    server = MisbehavingServer("silent")  # answers GET /health with 200, which is all a probe asks
+    yield server
+    server.close()
+
+
+def make(urls, client, clock, **kw) -> ReplicaSet:
+    return ReplicaSet("m", urls, client, clock=clock, background_health=False, **kw)
+
+
+def test_least_outstanding_then_round_robin(client):
+    clock = Clock()
+    urls = [f"http://127.0.0.1:{free_port()}" for _ in range(3)]
+    replicas = make(urls, client, clock)
+    try:
+        a = replicas.acquire()
+        b = replicas.acquire()
+        c = replicas.acquire()
+        assert [a.url, b.url, c.url] == urls  # all idle: in turn
+        replicas.release(b)
+        assert replicas.acquire() is b  # the only one with nothing in flight
+        for r in (a, b, c):
+            replicas.release(r)
+        # All idle again: the one picked longest ago goes first.
+        assert replicas.acquire() is a
+    finally:
+        replicas.close()
+
+
+def test_backoff_doubles_up_to_the_cap_and_a_success_resets_it(client):
+    clock = Clock()
+    replicas = make([f"http://127.0.0.1:{free_port()}"], client, clock, backoff_base_s=0.5, backoff_max_s=3.0)
+    try:
+        replica = replicas.replicas[0]
+        delays = []
+        for _ in range(5):
+            replicas.mark_failed(replica, "boom")
+            delays.append(replica.down_until - clock.now)
+        assert delays == [0.5, 1.0, 2.0, 3.0, 3.0]
+        replicas.mark_ok(replica)
+        replicas.mark_failed(replica, "boom")
+        assert replica.down_until - clock.now == 0.5
+    finally:
+        replicas.close()
+
+
+def test_a_backed_off_replica_is_probed_when_its_backoff_ends(client, healthy_server):
+    clock = Clock()
+    replicas = make([healthy_server.url], client, clock, backoff_base_s=5.0)
+    try:
+        replica = replicas.replicas[0]
+        replicas.mark_failed(replica, "connection refused")
+        with pytest.raises(UpstreamUnavailable, match="connection refused"):
+            replicas.acquire()  # still backing off: no probe, a fast clear refusal
+        clock.now += 5.0
+        assert replicas.acquire() is replica  # backoff over: probed on the spot, healthy again
+        assert replica.healthy and replica.last_error is None
+    finally:
+        replicas.close()
+
+
+def test_a_probe_of_a_dead_replica_extends_its_backoff(client):
+    clock = Clock()
+    url = f"http://127.0.0.1:{free_port()}"
+    replicas = make([url], client, clock, backoff_base_s=1.0)
+    try:
+        replica = replicas.replicas[0]
+        replicas.mark_failed(replica, "first failure")
+        clock.now += 1.0
+        assert replicas.probe(replica) is False
+        assert "health check failed" in replica.last_error
+        assert replica.down_until - clock.now == 2.0
+        with pytest.raises(UpstreamUnavailable, match=url):
+            replicas.acquire()
+    finally:
+        replicas.close()
