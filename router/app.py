@@ -94,6 +94,7 @@ def create_app(settings: Settings, *, pool: Any = None, classifier: Any = None, 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state = app.state
+        state.loop = asyncio.get_running_loop()  # for tests and tools that inspect the app from other threads
         state.pool = build_pool(settings, catalog) if owns_pool else pool
         state.router = Router(catalog, classifier, state.pool)
         loop = asyncio.get_running_loop()
