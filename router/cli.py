@@ -431,6 +431,7 @@ def error_from_payload(payload: dict, status: int) -> Exception:
 
 @app.command(
     DEFAULT_COMMAND,
+    short_help='Answer a prompt (the default: route "prompt").',
     help=(
         'Answer a prompt (the default command: `route "prompt"` is `route ask "prompt"`). Streams the '
         "answer to stdout and the routing decision to stderr. Piped stdin is appended to the prompt."
@@ -521,7 +522,10 @@ def parse_model_files(values: list[str] | None) -> dict[str, Path]:
     return files
 
 
-@app.command(help="Serve the router: OpenAI, llama.cpp (/infill) and Ollama APIs on one port.")
+@app.command(
+    short_help="Serve the OpenAI, llama.cpp and Ollama APIs on one port.",
+    help="Serve the router: OpenAI, llama.cpp (/infill) and Ollama APIs on one port (default 127.0.0.1:8012).",
+)
 def serve(
     model: Optional[list[str]] = typer.Option(
         None, "--model", "-m", help="LABEL=PATH.gguf, repeatable: serve local files with no catalog."
@@ -549,7 +553,11 @@ def serve(
 # --------------------------------------------------------------------------- config
 
 
-@app.command("config", help="Print the effective settings and where each came from (flag, env, config file, default).")
+@app.command(
+    "config",
+    short_help="Show the effective settings and where each came from.",
+    help="Print the effective settings and where each came from (flag, env ROUTE_*, config file, default).",
+)
 def show_config(as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table.")) -> None:
     settings = load_settings()
     sources = setting_sources()

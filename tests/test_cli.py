@@ -81,6 +81,17 @@ def test_help_lists_the_commands():
     assert 'route "' in result.stdout  # the default-command usage is shown first
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["ask"], ["serve"], ["config"], ["classify"], ["explain"], ["eval"], ["train"],
+     ["models"], ["models", "list"], ["models", "pull"], ["models", "rm"]],
+)
+def test_every_command_has_help(command):
+    result = run(*command, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.stdout and "--help" in result.stdout
+
+
 def test_prompt_is_the_default_command(tiny_models):
     result = run("write a python function that reverses a string", "--local", "--max-tokens", "4")
     assert result.exit_code == 0, result.output
