@@ -100,6 +100,10 @@ class Router:
                 if self.fim_capable(spec):
                     return spec, [f"no model serves fim; {spec.id} is FIM-capable and answers"]
             raise FimNotSupported("No FIM-capable model is configured: add a model with the `fim` label.", param="model")
+        if self.catalog.models:
+            # Any model can chat or complete text: a one-model setup answers everything, and says so.
+            spec = self.catalog.models[0]
+            return spec, [f"no model serves {label} or a nearby label; {spec.id} answers"]
         raise ModelNotFound(f"No model is configured for label {label}.", param="model")
 
     def fim_capable(self, spec: ModelSpec) -> bool | None:

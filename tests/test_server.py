@@ -545,3 +545,25 @@ def test_model_that_fails_to_load_is_503_naming_it_while_others_serve(tiny_gguf,
             assert caught.value.status_code == 503 and "broken" in caught.value.message
             ok = client.completions.create(model="fim", prompt="a", suffix="b", max_tokens=2)
             assert ok.choices[0].finish_reason in {"stop", "length"}
+
+
+def test_editor_killing_a_non_streaming_request_cancels_it(server):
+    """llama.vim kills curl on every keystroke: a vanished non-streaming /infill client stops its work."""
+    wait_idle(server)
+    before = pool_tokens(server, "tiny-qwen")
+    cancelled = server.state.pool.counters.cancelled.get("tiny-qwen", 0)
+    slow = {**LLAMA_VIM_FIM, "n_predict": 1900, "t_max_predict_ms": None,
+            "logit_bias": [[int(k), -100] for k in NO_SPECIALS], "response_fields": None}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(server.url + "/infill", json=slow, headers={"user-agent": "curl/8.5.0"}, timeout=0.3)
+    wait_idle(server)
+    assert server.state.pool.counters.cancelled.get("tiny-qwen", 0) == cancelled + 1
+    assert pool_tokens(server, "tiny-qwen") - before < 1900
+
+
+def test_one_model_serves_every_label_and_says_so(tiny_gguf, tmp_path):
+    with isolated_env(tmp_path):
+        app = create_app(make_settings(), catalog=catalog_from_files({"fim": tiny_gguf}, n_ctx=512))
+        with live_server(app) as srv:
+            d = httpx.post(srv.url + "/v1/route", json={"messages": [{"role": "user", "content": "Tell me a joke."}]}).json()
+            assert d["model"] == "tiny-qwen" and any("answers" in r for r in d["reasons"])
