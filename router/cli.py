@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 import time
 import traceback
@@ -77,6 +78,13 @@ class PromptDefaultGroup(TyperGroup):
         except KeyboardInterrupt:
             stderr_console().print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
+        except BrokenPipeError:
+            # `route "..." | head`: the reader has what it wanted; say nothing and stop writing.
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass
+            raise typer.Exit(0) from None
         except Exception as exc:  # noqa: BLE001 - the one place every error is turned into a message
             console = stderr_console()
             if ctx.meta.get("route.debug"):
