@@ -149,31 +149,41 @@ class ReplicaSet:
     # --- health --------------------------------------------------------------------------------
 
     def probe(self, replica: Replica) -> bool:
-        """One health check; updates the replica and says whether it is serving."""
-        error = self._check(replica)
+        """One health check; updates the replica and says whether it is serving.
+
+        A healthy replica whose check merely times out stays in: some servers answer health
+        checks only between generations (llama-cpp-python's /v1/models waits for the model
+        lock), so a slow answer from a busy server is not a failure. Requests that time out
+        still take it out. A replica already down needs a real answer to come back.
+        """
+        error, timed_out = self._check(replica)
         if error is None:
             self.mark_ok(replica)
+            return True
+        if timed_out and replica.healthy:
             return True
         self.mark_failed(replica, error)
         return False
 
-    def _check(self, replica: Replica) -> str | None:
+    def _check(self, replica: Replica) -> tuple[str | None, bool]:
+        """(None, False) when healthy, else (why, whether it was only a timeout)."""
         paths = self._health_paths
         if replica.health_path in paths:  # the path that answered before goes first
             paths = (replica.health_path,) + tuple(p for p in paths if p != replica.health_path)
-        error = "no health endpoint answered"
         for path in paths:
             try:
                 response = self._client.get(replica.url + path, timeout=self._health_timeout_s)
+            except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout) as exc:
+                return f"health check {path} timed out ({type(exc).__name__})", True
             except httpx.HTTPError as exc:
-                return f"health check failed: {type(exc).__name__}: {exc}"
+                return f"health check failed: {type(exc).__name__}: {exc}", False
             if response.status_code == 200:
                 replica.health_path = path
-                return None
+                return None, False
             if response.status_code in (404, 405):
                 continue  # this server has no such endpoint: try the next one
-            return f"health check {path} answered {response.status_code}"
-        return error
+            return f"health check {path} answered {response.status_code}", False
+        return "no health endpoint answered", False
 
     def _health_loop(self) -> None:
         next_routine = self._clock() + self._health_interval_s

@@ -106,3 +106,18 @@ def test_a_probe_of_a_dead_replica_extends_its_backoff(client):
             replicas.acquire()
     finally:
         replicas.close()
+
+
+def test_a_slow_health_check_does_not_take_a_busy_replica_out(client):
+    """llama-cpp-python's /v1/models waits for the model lock: busy is not dead."""
+    busy = MisbehavingServer("busy")
+    replicas = make([busy.url], client, Clock(), health_timeout_s=0.3)
+    try:
+        replica = replicas.replicas[0]
+        assert replicas.probe(replica) is True and replica.healthy
+        replicas.mark_failed(replica, "first token timed out")
+        assert replicas.probe(replica) is False  # once out, only a real answer brings it back
+        assert "timed out" in replica.last_error
+    finally:
+        replicas.close()
+        busy.close()

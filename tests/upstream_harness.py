@@ -82,6 +82,8 @@ class MisbehavingServer:
 
     mode "silent": reads the request and never answers (first-token timeout).
     mode "stall":  answers 200 with one SSE token chunk, then goes silent (idle-stream timeout).
+    mode "busy":   answers nothing at all, health checks included (a server stuck in a long job).
+    Health checks (GET) get 200 in the first two modes.
     """
 
     def __init__(self, mode: str) -> None:
@@ -117,7 +119,7 @@ class MisbehavingServer:
                     return
                 data += chunk
             head = data.split(b"\r\n", 1)[0]
-            if head.startswith(b"GET "):  # health checks pass: the server looks alive
+            if head.startswith(b"GET ") and self.mode != "busy":  # health checks pass: the server looks alive
                 body = b'{"status":"ok"}'
                 conn.sendall(
                     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
