@@ -588,8 +588,9 @@ class Pool:
     def _serve(self, backend: Backend, gen: Generation) -> Done | None:
         """Run one generation on this worker's backend, handing each event to the caller."""
         if gen.cancel_event.is_set():
-            gen._put(Done("cancelled"))
-            return None
+            done = Done("cancelled")
+            gen._put(done)
+            return done
         request = gen.request
         started = False
         try:
