@@ -81,6 +81,10 @@ def error_response(dialect: str, err: RouterError, headers: dict[str, str] | Non
     return JSONResponse(error_body(dialect, err), status_code=err.status, headers={**error_headers(err), **(headers or {})})
 
 
+# Pydantic names the branch of a `str | int | ...` union in the error location; no field has these names.
+UNION_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "none", "dict", "list", "json-or-python"})
+
+
 def field_path(loc: tuple | list) -> str | None:
     """Pydantic's loc ('body', 'messages', 0, 'role') as the caller wrote it: messages[0].role."""
     out = ""
@@ -89,7 +93,7 @@ def field_path(loc: tuple | list) -> str | None:
             continue
         if isinstance(part, int):
             out += f"[{part}]"
-        elif isinstance(part, str) and ("[" in part or part.startswith("function-")):
+        elif isinstance(part, str) and ("[" in part or part.startswith("function-") or part in UNION_TAGS):
             continue  # pydantic's union-branch tags, not a field
         else:
             out += f".{part}" if out else str(part)

@@ -192,11 +192,7 @@ async def respond(
 
     if not stream:
         try:
-            outcome = await collect(active)
-        except RouterError as err:
-            if recorder is not None:
-                recorder.finish(None, err.status)
-            raise
+            outcome = await collect(active)  # a failure here is counted by the error handler
         finally:
             if on_close is not None:
                 on_close()

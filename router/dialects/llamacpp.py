@@ -209,10 +209,9 @@ async def several(request: Request, route, req: LlamaSampling, fmt: LlamaFormat)
             active = await start_generation(gen, request)
             outcome = await collect(active)
             results.append(fmt.result(outcome.text, outcome.done, index=i))
-    except BaseException as exc:
+    except BaseException:  # counted by the error handler
         for gen in gens:
             gen.cancel()
-        recorder.finish(None, exc.status if isinstance(exc, RouterError) else 500)
         raise
     recorder.finish(outcome.done, 200)
     return JSONResponse(results, headers=route_headers(route))

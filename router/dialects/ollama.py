@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from models.backend import Done, GenerationRequest
 from models.errors import InvalidRequest, ModelNotFound, RouterError, UnsupportedParameter
-from router.dialects.body import openapi_body, parse, read_json
+from router.dialects.body import openapi_body, parse
 from router.dialects.dispatch import Superseder, answer, route_request, state
 from router.dialects.sampling import MAX_TOKENS_LIMIT, sampling_params, stop_tuple
 from router.errors import OLLAMA, error_body
@@ -196,6 +196,15 @@ class OllamaChatRequest(OllamaCommon):
         return self
 
 
+class ShowRequest(BaseModel):
+    """/api/show's body: the model by `model` (or the older `name`); published so fuzzers reach it."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    name: str | None = None
+    verbose: bool | None = None
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -336,11 +345,11 @@ def build() -> APIRouter:
         entries += [tag_entry(request, spec.id, spec) for spec in router.catalog.models]
         return {"models": entries}
 
-    @api.post("/api/show")
+    @api.post("/api/show", openapi_extra=openapi_body(ShowRequest))
     async def show(request: Request):
-        data = await read_json(request)
-        name = data.get("model") or data.get("name")
-        if not isinstance(name, str) or not name.strip():
+        req, _ = await parse(request, ShowRequest)
+        name = req.model or req.name
+        if not name or not name.strip():
             raise InvalidRequest("`model` is required.", param="model")
         asked, spec = resolve_name(request, name)
         router = state(request).router

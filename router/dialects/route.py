@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.errors import InvalidRequest
 from router.dialects.body import openapi_body, read_json, validate
 from router.dialects.dispatch import route_request, state
+from router.streaming import route_headers
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/infill", "/completion", "/api/generate", "/api/chat")
 
@@ -51,7 +52,7 @@ def build() -> APIRouter:
         state(request).metrics.requests.labels("router", "/v1/route", decision.label, decision.model_id, "200").inc()
         out = decision.as_dict()
         out["endpoint"] = endpoint
-        return out
+        return JSONResponse(out, headers=route_headers(decision))
 
     @api.get("/metrics")
     async def metrics(request: Request):
