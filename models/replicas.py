@@ -3,8 +3,10 @@
 Least-outstanding-requests balancing (ties go to the replica picked longest ago, so a quiet
 system round-robins). A replica that fails is taken out with exponential backoff; a health
 thread probes it (GET /health, or GET /v1/models where the server has no /health) when its
-backoff ends and brings it back. Healthy replicas are probed every `health_interval_s` too,
-so a dead one is noticed before a request lands on it.
+backoff ends and brings it back. Idle healthy replicas that have a dedicated /health are
+probed every `health_interval_s` too, so a dead one is noticed before a request lands on it.
+Servers without one are left alone while healthy: llama-cpp-python answers /v1/models only by
+taking its model lock, and a waiting request makes it interrupt the stream it is serving.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Replica:
     last_error: str | None = None
     last_picked: int = 0  # pick sequence number, for round-robin among equals
     health_path: str | None = None  # the health endpoint that worked last time
+    routine_probes: bool = True  # False once it turned out to have no dedicated /health
 
     def snapshot(self) -> dict:
         return {
@@ -151,12 +154,11 @@ class ReplicaSet:
     def probe(self, replica: Replica) -> bool:
         """One health check; updates the replica and says whether it is serving.
 
-        A healthy replica whose check merely times out stays in: some servers answer health
-        checks only between generations (llama-cpp-python's /v1/models waits for the model
-        lock), so a slow answer from a busy server is not a failure. Requests that time out
-        still take it out. A replica already down needs a real answer to come back.
+        A healthy replica whose check merely times out stays in: a busy server may answer its
+        health check late, and that is not a failure (requests that time out still take it
+        out). A replica already down needs a real answer to come back.
         """
-        error, timed_out = self._check(replica)
+        error, timed_out = self._check(replica, self._health_paths)
         if error is None:
             self.mark_ok(replica)
             return True
@@ -165,9 +167,23 @@ class ReplicaSet:
         self.mark_failed(replica, error)
         return False
 
-    def _check(self, replica: Replica) -> tuple[str | None, bool]:
+    def _routine_probe(self, replica: Replica) -> None:
+        """The periodic check of a healthy replica, on its dedicated health endpoint only."""
+        path = self._health_paths[0]
+        try:
+            response = self._client.get(replica.url + path, timeout=self._health_timeout_s)
+        except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout):
+            return  # busy, not dead
+        except httpx.HTTPError as exc:
+            self.mark_failed(replica, f"health check failed: {type(exc).__name__}: {exc}")
+            return
+        if response.status_code in (404, 405):
+            replica.routine_probes = False  # no dedicated endpoint: requests and recovery probes only
+        elif response.status_code != 200:
+            self.mark_failed(replica, f"health check {path} answered {response.status_code}")
+
+    def _check(self, replica: Replica, paths: tuple[str, ...]) -> tuple[str | None, bool]:
         """(None, False) when healthy, else (why, whether it was only a timeout)."""
-        paths = self._health_paths
         if replica.health_path in paths:  # the path that answered before goes first
             paths = (replica.health_path,) + tuple(p for p in paths if p != replica.health_path)
         for path in paths:
@@ -180,7 +196,7 @@ class ReplicaSet:
             if response.status_code == 200:
                 replica.health_path = path
                 return None, False
-            if response.status_code in (404, 405):
+            if response.status_code in (404, 405) and path != paths[-1]:
                 continue  # this server has no such endpoint: try the next one
             return f"health check {path} answered {response.status_code}", False
         return "no health endpoint answered", False
@@ -191,12 +207,18 @@ class ReplicaSet:
             now = self._clock()
             due = [r for r in self.replicas if not r.healthy and r.down_until <= now]
             if now >= next_routine:
-                due += [r for r in self.replicas if r.healthy and r.outstanding == 0]
+                routine = [r for r in self.replicas if r.healthy and r.outstanding == 0 and r.routine_probes]
                 next_routine = now + self._health_interval_s
+            else:
+                routine = []
             for replica in due:
                 if self._stop.is_set():
                     return
                 self.probe(replica)
+            for replica in routine:
+                if self._stop.is_set():
+                    return
+                self._routine_probe(replica)
             now = self._clock()
             wake_at = [next_routine] + [r.down_until for r in self.replicas if not r.healthy]
             timeout = max(0.01, min(wake_at) - now)

@@ -121,3 +121,22 @@ def test_a_slow_health_check_does_not_take_a_busy_replica_out(client):
     finally:
         replicas.close()
         busy.close()
+
+
+def test_routine_probes_stop_where_there_is_no_dedicated_health_endpoint(client, tmp_path, tiny_gguf):
+    """llama-cpp-python has no /health; its /v1/models takes the model lock and a waiting request
+    makes it interrupt the stream it is serving, so healthy replicas of it are not polled."""
+    from upstream_harness import LlamaCppServer
+
+    server = LlamaCppServer(tiny_gguf, tmp_path).start()
+    replicas = ReplicaSet("m", [server.url], client, background_health=False)
+    try:
+        replica = replicas.replicas[0]
+        replicas._routine_probe(replica)
+        assert replica.routine_probes is False and replica.healthy
+        replicas.mark_failed(replica, "boom")
+        assert replicas.probe(replica) is True  # recovery probes still use /v1/models
+        assert replica.health_path == "/v1/models"
+    finally:
+        replicas.close()
+        server.kill()
