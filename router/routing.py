@@ -123,8 +123,11 @@ class Router:
         return [spec.id for spec in self.catalog.models]
 
     def _normalise(self, requested: str | None) -> str:
-        """Trim, and drop Ollama's implicit `:latest` tag when the bare name is what we know."""
-        name = (requested or "").strip()
+        """Blank means auto; drop Ollama's implicit `:latest` tag when the bare name is known. No other
+        rewriting: `tiny-qwen\n` is not `tiny-qwen` (an exact id or a 404, never a near match)."""
+        name = requested or ""
+        if not name.strip():
+            return ""
         if name.endswith(":latest"):
             bare = name[: -len(":latest")]
             if bare in AUTO_NAMES or bare in LABELS or self.catalog.get(bare) is not None:
