@@ -122,6 +122,11 @@ class UpstreamSource(_Strict):
     upstream_model: str | None = Field(None, description="Model name to send upstream (default: the id).")
     fim_family: str | None = None
     api_key_env: str | None = Field(None, description="Environment variable holding the upstream API key.")
+    parallel: int | None = Field(
+        None, ge=1, le=256,
+        description="Generations sent to each replica at once (default 4; 1 for llama-cpp-python's server, "
+        "which serves one at a time and cuts a stream short when another request waits).",
+    )
 
     @field_validator("urls")
     @classmethod
