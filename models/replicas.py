@@ -64,6 +64,7 @@ class ReplicaSet:
         backoff_max_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         background_health: bool = True,
+        slots_per_replica: int | None = None,
     ) -> None:
         """`background_health=False` leaves probing to acquire() alone (callers driving the clock)."""
         if not urls:
@@ -77,7 +78,9 @@ class ReplicaSet:
         self._backoff_base_s = backoff_base_s
         self._backoff_max_s = backoff_max_s
         self._clock = clock
+        self._slots = slots_per_replica  # None: no limit per replica
         self._lock = threading.Lock()
+        self._slot_free = threading.Condition(self._lock)
         self._seq = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -87,40 +90,64 @@ class ReplicaSet:
 
     # --- picking -------------------------------------------------------------------------------
 
-    def acquire(self, exclude: tuple[Replica, ...] | list[Replica] = ()) -> Replica:
+    def acquire(
+        self,
+        exclude: tuple[Replica, ...] | list[Replica] = (),
+        *,
+        cancel: threading.Event | None = None,
+        wait_s: float = 0.0,
+    ) -> Replica | None:
         """The healthy replica with the fewest requests in flight; counts the request against it.
 
         Replicas whose backoff has ended are probed right here when no healthy one is left, so a
-        recovered upstream serves the very next request. Raises UpstreamUnavailable otherwise.
+        recovered upstream serves the very next request. When every healthy replica is at its
+        slot limit, waits up to `wait_s` for one to free up (None if `cancel` is set meanwhile).
+        Raises UpstreamUnavailable when no replica can take the request.
         """
-        replica = self._pick(exclude)
-        if replica is None:
-            now = self._clock()
-            for candidate in self.replicas:
-                if candidate in exclude or candidate.healthy or candidate.down_until > now:
-                    continue
-                if self.probe(candidate):
-                    break
-            replica = self._pick(exclude)
-        if replica is None:
-            raise UpstreamUnavailable(self._unavailable_message(exclude))
-        return replica
+        deadline = time.monotonic() + wait_s
+        while True:
+            replica, all_full = self._pick(exclude)
+            if replica is None and not all_full:
+                now = self._clock()
+                for candidate in self.replicas:
+                    if candidate in exclude or candidate.healthy or candidate.down_until > now:
+                        continue
+                    if self.probe(candidate):
+                        break
+                replica, all_full = self._pick(exclude)
+            if replica is not None:
+                return replica
+            if not all_full:
+                raise UpstreamUnavailable(self._unavailable_message(exclude))
+            if cancel is not None and cancel.is_set():
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise UpstreamUnavailable(
+                    f"every replica of model {self.model_id!r} is busy ({self._slots} generations each) "
+                    f"and none freed up within {wait_s:g}s"
+                )
+            with self._slot_free:
+                self._slot_free.wait(min(0.1, remaining))
 
-    def _pick(self, exclude) -> Replica | None:
+    def _pick(self, exclude) -> tuple[Replica | None, bool]:
+        """(the replica to use, or None; whether healthy candidates exist but all are full)."""
         with self._lock:
             candidates = [r for r in self.replicas if r.healthy and r not in exclude]
-            if not candidates:
-                return None
-            replica = min(candidates, key=lambda r: (r.outstanding, r.last_picked))
+            free = [r for r in candidates if self._slots is None or r.outstanding < self._slots]
+            if not free:
+                return None, bool(candidates)
+            replica = min(free, key=lambda r: (r.outstanding, r.last_picked))
             self._seq += 1
             replica.last_picked = self._seq
             replica.outstanding += 1
             replica.requests += 1
-            return replica
+            return replica, False
 
     def release(self, replica: Replica) -> None:
-        with self._lock:
+        with self._slot_free:
             replica.outstanding -= 1
+            self._slot_free.notify()
 
     def _unavailable_message(self, exclude) -> str:
         parts = []

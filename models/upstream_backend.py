@@ -52,6 +52,10 @@ _FINISH_REASONS = {"stop": "stop", "length": "length", "eos": "stop", "word": "s
 class _ReplicaFailure(Exception):
     """This replica could not serve the request (connection, timeout, 5xx): try another one."""
 
+    def __init__(self, message: str, *, replica_fault: bool = True) -> None:
+        super().__init__(message)
+        self.replica_fault = replica_fault  # False: the replica is fine (it cut us short on purpose)
+
 
 @dataclass
 class _Call:
@@ -127,6 +131,7 @@ class UpstreamBackend:
             self.model_id,
             urls,
             self._client,
+            slots_per_replica=slots,
             health_paths=health_paths,
             health_timeout_s=min(options.connect_timeout_s, 5.0) + 1.0,
             health_interval_s=health_interval_s,
@@ -174,11 +179,23 @@ class UpstreamBackend:
             raise UpstreamUnavailable(f"model {self.model_id!r}: backend is closed")
         call = self._prepare(request)
         tried: list[Replica] = []
+        failures: list[str] = []
         while True:
             if cancel.is_set():
                 yield Done("cancelled", prompt_tokens=call.prompt_tokens)
                 return
-            replica = self.replicas.acquire(exclude=tried)
+            try:
+                replica = self.replicas.acquire(exclude=tried, cancel=cancel, wait_s=self.options.first_token_timeout_s)
+            except UpstreamUnavailable as exc:
+                if not failures:
+                    raise
+                raise UpstreamUnavailable(
+                    f"every replica of model {self.model_id!r} failed this request ({'; '.join(failures)})"
+                    + ("" if len(tried) == len(self.replicas.replicas) else f"; {exc.message}")
+                ) from None
+            if replica is None:  # cancelled while every replica was busy
+                yield Done("cancelled", prompt_tokens=call.prompt_tokens)
+                return
             guard = StreamGuard(
                 cancel,
                 first_token_timeout_s=self.options.first_token_timeout_s,
@@ -194,11 +211,13 @@ class UpstreamBackend:
                     yield self._done("cancelled", call, progress)
                     return
                 message = f"upstream {replica.url}: {failure}"
-                self.replicas.mark_failed(replica, str(failure))
+                if failure.replica_fault:
+                    self.replicas.mark_failed(replica, str(failure))
                 if progress.yielded_token:
                     yield self._done("error", call, progress, error=f"{message} (failed mid-stream)")
                     return
                 tried.append(replica)
+                failures.append(message)
             finally:
                 self._watchdog.unwatch(guard)
                 self.replicas.release(replica)
@@ -358,6 +377,13 @@ class UpstreamBackend:
                 if cancel.is_set():
                     break
                 if payload == "[DONE]":
+                    if progress.finish_reason is None:
+                        # llama-cpp-python ends a stream this way when another request waits for
+                        # its model: the answer is cut short, not finished.
+                        raise _ReplicaFailure(
+                            "the upstream ended the stream without a finish reason (interrupted)",
+                            replica_fault=False,
+                        )
                     progress.terminal = True
                     break
                 chunk = parse_json(payload)

@@ -313,3 +313,39 @@ def test_cancel_mid_stream_closes_the_upstream_stream(two_replicas, make_backend
     assert time.perf_counter() - start < 5  # 3000 tokens take ~15 s here
     done = assert_stream_shape(events)
     assert done.finish_reason == "cancelled" and len(events) <= 5
+
+
+# --- slots per replica ---------------------------------------------------------------------------
+
+
+def test_parallel_one_queues_here_instead_of_cutting_streams_short(two_replicas, make_backend):
+    """llama-cpp-python serves one generation at a time and ends a stream early when another request
+    waits for its model. With `parallel: 1` the second request waits here for the replica's slot."""
+    backend = make_backend([two_replicas[0].url], parallel=1)
+    assert backend.parallel == 1
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: run(backend, long_request(200)), range(2)))
+    for events in results:
+        done = assert_stream_shape(events)
+        assert done.finish_reason == "length" and done.error is None, done
+
+
+def test_an_interrupted_stream_is_reported_never_passed_off_as_finished(two_replicas, make_backend):
+    """Two at once on one llama-cpp-python replica (4 slots assumed): whichever it cuts short ends
+    with an error event naming the interruption (or is retried), never a silent 'stop'."""
+    backend = make_backend([two_replicas[0].url])
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(run, backend, long_request(600)) for _ in range(2)]
+        outcomes = []
+        for future in futures:
+            try:
+                outcomes.append(assert_stream_shape(future.result()))
+            except UpstreamUnavailable as exc:
+                outcomes.append(exc)
+    for outcome in outcomes:
+        if isinstance(outcome, Done):
+            assert outcome.finish_reason == "length" or "interrupted" in (outcome.error or ""), outcome
+        else:
+            assert "interrupted" in outcome.message
+    assert any(isinstance(o, Done) and o.finish_reason == "length" for o in outcomes)
+    assert backend.replicas.snapshot()[0]["healthy"]  # cut short on purpose: not the replica's fault
