@@ -35,15 +35,22 @@ def counter_value(counters: Any, kind: str, model_id: str) -> float | None:
 
 
 class PoolCollector(Collector):
-    """Queue depth, loaded/generating state, loads and evictions, read from the pool at scrape time."""
+    """Queue depth, loaded/generating state, loads and evictions (read from the pool at scrape time),
+    plus the app's classifier mode and FIM superseding count."""
 
     def __init__(self, app_state: Any) -> None:
         self.state = app_state
 
     def collect(self) -> Iterable:
+        shape_only = GaugeMetricFamily(
+            "router_classifier_shape_only", "1 when the classifier artifact could not load (shape rules only).")
+        shape_only.add_metric([], 1.0 if getattr(self.state, "classifier_warning", None) else 0.0)
+        superseded = CounterMetricFamily("router_fim_superseded", "FIM requests cancelled by a newer one from the same client.")
+        superseder = getattr(self.state, "superseder", None)
+        superseded.add_metric([], float(superseder.superseded if superseder is not None else 0))
         pool = getattr(self.state, "pool", None)
         if pool is None:
-            return []
+            return [shape_only, superseded]
         queue = GaugeMetricFamily("router_queue_depth", "Requests waiting for each model.", labels=["model"])
         loaded = GaugeMetricFamily("router_model_loaded", "1 when the model is loaded.", labels=["model"])
         busy = GaugeMetricFamily("router_model_generating", "Generations running on the model.", labels=["model"])
@@ -63,7 +70,7 @@ class PoolCollector(Collector):
                                  (cancelled, "cancelled"), (rejected, "rejected"), (pool_tokens, "tokens")):
                 value = counter_value(counters, kind, st.id)
                 family.add_metric([st.id], float(value or 0))
-        return [queue, loaded, busy, loads, evictions, unloads, cancelled, rejected, pool_tokens]
+        return [shape_only, superseded, queue, loaded, busy, loads, evictions, unloads, cancelled, rejected, pool_tokens]
 
 
 class Metrics:

@@ -415,6 +415,7 @@ def test_metrics_count_requests_tokens_and_pool(http, oai):
     assert 'router_tokens_generated_total{label="chat",model="tiny-nofim"}' in text
     assert 'router_queue_depth{model="tiny-qwen"}' in text and "router_model_loads_total" in text
     assert 'router_model_evictions_total{model="tiny-qwen"}' in text
+    assert "router_classifier_shape_only " in text and "router_fim_superseded_total " in text
 
 
 def test_unknown_path_and_unoffered_endpoint_keep_the_dialect_shape(http):
@@ -529,6 +530,7 @@ def test_tampered_classifier_artifact_falls_back_to_shape_rules_loudly(tiny_gguf
         with live_server(app) as srv:
             health = httpx.get(srv.url + "/health").json()
             assert health["classifier"] == "shape_only" and health["classifier_warning"]
+            assert "router_classifier_shape_only 1.0" in httpx.get(srv.url + "/metrics").text
             r = httpx.post(srv.url + "/v1/route", json={"endpoint": "/infill", "body": {"input_prefix": "a", "input_suffix": ""}})
             assert r.json()["label"] == "fim"
 
