@@ -73,7 +73,9 @@ def catalog_for(upstream_url: str) -> Path:
                 "labels": ["code_edit", "fim", "chat", "instruct"],
                 "n_ctx": 4096,
                 "fim_family": "qwen",
-                "source": {"kind": "upstream", "api": "openai", "urls": [upstream_url]},
+                # llama_cpp.server serves one generation at a time (and cuts one short when
+                # another waits): one slot per replica.
+                "source": {"kind": "upstream", "api": "openai", "urls": [upstream_url], "parallel": 1},
             }
         ]
     }
@@ -173,7 +175,7 @@ def main() -> None:
         "model": weights_note,
         "weights": str(weights),
         "upstream": "python -m llama_cpp.server (2 threads)",
-        "router_catalog": {"id": UPSTREAM_ID, "source": "upstream, api openai, 1 replica"},
+        "router_catalog": {"id": UPSTREAM_ID, "source": "upstream, api openai, 1 replica, parallel 1"},
         "max_tokens": args.max_tokens,
         "machine": machine(),
         "summary": {

@@ -132,6 +132,7 @@ def test_router_catalog_points_each_label_at_a_container():
             # Each llama-server slot gets ctx-size / parallel tokens: the catalog must not promise more.
             per_slot = int(flag(svc["command"], "--ctx-size")) // int(flag(svc["command"], "--parallel"))
             assert spec.n_ctx <= per_slot, spec.id
+            assert spec.source.parallel == int(flag(svc["command"], "--parallel")), spec.id
         labels.update(spec.labels)
     assert labels == {"code_edit", "fim", "chat", "instruct"}
     assert router["ports"] == ["127.0.0.1:${ROUTE_HOST_PORT:-8012}:8012"]  # host loopback only

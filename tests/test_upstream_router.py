@@ -36,7 +36,10 @@ def mixed_catalog(local_gguf, chat_url: str, fim_url: str, extra: list[dict] = (
                     "id": "up-fim", "labels": ["fim"], "n_ctx": 2048,
                     "source": {"kind": "upstream", "api": "llama.cpp", "urls": [fim_url], "upstream_model": "fim"},
                 },
-                {"id": "up-chat", "labels": ["chat", "instruct"], "n_ctx": 2048, "source": {"kind": "upstream", "urls": [chat_url]}},
+                {
+                    "id": "up-chat", "labels": ["chat", "instruct"], "n_ctx": 2048,
+                    "source": {"kind": "upstream", "urls": [chat_url], "parallel": 1},
+                },
                 {
                     "id": "up-dead", "labels": [], "n_ctx": 2048,
                     "source": {"kind": "upstream", "urls": [f"http://127.0.0.1:{free_port()}"]},
