@@ -87,6 +87,10 @@ def test_stop_string_across_tokens_is_cut_and_not_emitted(backend):
     assert done.finish_reason == "stop" and done.completion_tokens == 4
     tokens, done = run(backend, GenerationRequest("complete", prompt="x", params=alternating(ord("a"), ord("b"), max_tokens=5)))
     assert "".join(t.text for t in tokens) == "ababa"
+    # Text held back as a possible stop's beginning is still delivered when the stop never comes.
+    params = alternating(ord("a"), ord("b"), max_tokens=4, stop=("bx",))
+    tokens, done = run(backend, GenerationRequest("complete", prompt="x", params=params))
+    assert "".join(t.text for t in tokens) == "abab" and done.finish_reason == "length"
 
 
 def test_t_max_predict_ms_stops_at_the_next_newline(backend):
