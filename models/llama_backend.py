@@ -292,8 +292,8 @@ class LlamaBackend:
                     raise RuntimeError(f"llama_decode failed at position {pos}")
                 input_ids[pos] = tok
                 llm.n_tokens = pos + 1
-        except BaseException:
-            llm.n_tokens = 0  # the KV cache no longer matches input_ids
+        except Exception:
+            llm.n_tokens = 0  # the KV cache may no longer match input_ids
             raise
         finally:
             sampler.close()
