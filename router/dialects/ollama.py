@@ -2,7 +2,9 @@
 
 `/api/generate` takes `suffix` (FIM), `raw`, `options`, `keep_alive` and streams NDJSON by default;
 a prompt holding FIM tokens (Twinny sends them without `raw`) is passed through raw, never wrapped in
-a chat template. An empty prompt loads the model, or unloads it with `keep_alive: 0`.
+a chat template. An empty prompt loads the model, or unloads it with `keep_alive: 0`. After an
+answer, `keep_alive: 0` unloads the model and a negative one pins it; a positive duration is
+accepted, and the model then follows the router's own idle TTL (idle_ttl_s).
 `/api/show`'s template mentions `.Suffix` for FIM-capable models so Continue sends native FIM.
 """
 
