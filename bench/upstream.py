@@ -108,7 +108,7 @@ def decode_tps(t: Timed) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="How many of the prompts to run.")
-    parser.add_argument("--max-tokens", type=int, default=96, help="Tokens to generate per request.")
+    parser.add_argument("--max-tokens", type=int, default=64, help="Tokens to generate per request.")
     parser.add_argument("--tiny", action="store_true", help="Use the tiny test GGUF even if real weights exist.")
     args = parser.parse_args()
     prompts = PROMPTS[: args.prompts]

@@ -140,3 +140,23 @@ def test_routine_probes_stop_where_there_is_no_dedicated_health_endpoint(client,
     finally:
         replicas.close()
         server.kill()
+
+
+def test_a_full_replica_makes_the_next_request_wait_for_its_slot(client):
+    import threading
+    import time
+
+    replicas = make([f"http://127.0.0.1:{free_port()}"], client, Clock(), slots_per_replica=1)
+    try:
+        first = replicas.acquire()
+        with pytest.raises(UpstreamUnavailable, match="busy"):
+            replicas.acquire(wait_s=0.2)
+        cancel = threading.Event()
+        threading.Timer(0.1, cancel.set).start()
+        assert replicas.acquire(wait_s=5, cancel=cancel) is None
+        threading.Timer(0.1, replicas.release, args=(first,)).start()
+        start = time.monotonic()
+        assert replicas.acquire(wait_s=5) is first
+        assert time.monotonic() - start < 2
+    finally:
+        replicas.close()
