@@ -287,7 +287,7 @@ class Pool:
             entry = self._entry(model_id)
             if self._closed:
                 raise ModelLoadFailed("The model pool is shut down.", model=model_id)
-            if request.kind == "fim" and entry.supports_fim is False:
+            if entry.supports_fim is False and _asks_fim(request):
                 raise FimNotSupported(
                     f"Model {model_id!r} has no fill-in-the-middle tokens in its vocabulary, so it cannot do FIM. "
                     "Use a FIM-capable coder model.",
@@ -661,6 +661,17 @@ class Pool:
     def _retry_after(self, entry: _Entry) -> float:
         slots = max(1, int(getattr(entry.backend, "parallel", 1) or 1))
         return float(min(60, max(1, math.ceil(entry.avg_s * (len(entry.queue) + 1) / slots))))
+
+
+def _asks_fim(request: GenerationRequest) -> bool:
+    """A FIM request, or a raw completion already templated with some family's FIM tokens."""
+    if request.kind == "fim":
+        return True
+    if request.kind == "complete":
+        from models.fim import holds_fim_tokens
+
+        return holds_fim_tokens(request.prompt)
+    return False
 
 
 def _known_fim(spec: Any) -> bool | None:

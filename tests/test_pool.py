@@ -244,6 +244,10 @@ def test_fim_on_a_model_without_fim_tokens(files):
         assert state(pool, "nofim").supports_fim is False
         with pytest.raises(FimNotSupported):  # now known without any work
             pool.submit("nofim", GenerationRequest("fim", prefix="a", suffix="b"))
+        with pytest.raises(FimNotSupported):  # a client's pre-templated FIM prompt too
+            pool.submit("nofim", GenerationRequest("complete", prompt="<fim_prefix>a<fim_suffix>b<fim_middle>"))
+        _, done = pool.submit("nofim", quick()).collect()  # plain completions are fine
+        assert done.finish_reason in ("stop", "length")
 
 
 def test_requests_from_many_threads_are_served_one_at_a_time(files):
