@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import stat
 import sys
 import time
 import traceback
@@ -227,6 +228,12 @@ def read_piped_stdin() -> str | None:
     """Piped input, or None when stdin is a terminal (never block waiting for a human)."""
     if _stdin_is_terminal():
         return None
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISREG(mode)):
+            return None  # a socket or device an IDE left open: reading it could block forever
+    except (OSError, ValueError, AttributeError):
+        pass  # an in-memory stream (tests, embedding): read it
     try:
         return sys.stdin.read()
     except (OSError, ValueError):
@@ -511,6 +518,15 @@ def ask(
 # --------------------------------------------------------------------------- serve
 
 
+def is_gguf(path: Path) -> bool:
+    """True when the file starts with the GGUF magic bytes."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
 def parse_model_files(values: list[str] | None) -> dict[str, Path]:
     """`--model LABEL=PATH.gguf` (repeatable) into {label: path}, refusing bad syntax and missing files."""
     files: dict[str, Path] = {}
@@ -526,6 +542,8 @@ def parse_model_files(values: list[str] | None) -> dict[str, Path]:
         file = Path(path).expanduser()
         if not file.is_file():
             raise typer.BadParameter(f"no such file: {file}", param_hint="--model")
+        if not is_gguf(file):  # e.g. --model fim=../../etc/passwd: never handed to llama.cpp
+            raise typer.BadParameter(f"{file} is not a GGUF model file (it does not start with GGUF).", param_hint="--model")
         files[label] = file.resolve()
     return files
 
