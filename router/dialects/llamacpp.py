@@ -20,6 +20,7 @@ from router.dialects.body import openapi_body, parse
 from router.dialects.dispatch import Superseder, answer, route_request, state, submit
 from router.dialects.sampling import MAX_TOKENS_LIMIT, LlamaCppExtras, logit_bias_map, sampling_params, stop_tuple
 from router.errors import LLAMACPP, error_body
+from router.routing import LABELS
 from router.streaming import SSE, collect, json_str, route_headers, start_generation
 
 MAX_N_CMPL = 8
@@ -238,7 +239,7 @@ def model_for_props(request: Request, name: str | None):
     catalog = router.catalog
     if name:
         spec = catalog.get(name)
-        if spec is None and name in ("auto", "code_edit", "fim", "chat", "instruct"):
+        if spec is None and (name == "auto" or name in LABELS):
             spec, _ = router.model_for_label("fim" if name == "auto" else name)
         if spec is None:
             raise ModelNotFound(f"The model `{name}` does not exist.", param="model")
