@@ -303,3 +303,41 @@ class _Untrusted:
 
     def __setstate__(self, state):
         type(self).constructed = True
+
+
+# ----------------------------------------------------------------------------- pathological prompts
+
+
+@pytest.mark.parametrize("run", ["y", " ", "7", "é"])
+def test_one_enormous_run_of_a_character_is_a_clear_400(server, run):
+    """A 200,000-character run (no word breaks) is tokenized in bounded pieces, then refused as too long."""
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        r = client.post("/v1/completions", json={"prompt": run * 200_000, "max_tokens": 2, "model": "instruct"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text[:300]
+        assert client.get("/health").json()["status"] == "ok"
+
+
+TOKENIZE_RUNS = r"""
+import sys
+sys.path[:0] = [sys.argv[1]]
+from models.backend import BackendOptions, GenerationRequest, SamplingParams
+from models.catalog import catalog_from_files
+from models.llama_backend import LlamaBackend
+path = sys.argv[2]
+backend = LlamaBackend(catalog_from_files({"chat": path}, n_ctx=512).models[0], path, BackendOptions(n_threads=1))
+for text in ("y" * 100_000, " " * 100_000, "ab" * 60_000):
+    request = GenerationRequest(kind="complete", params=SamplingParams(max_tokens=2), prompt=text)
+    print(backend.count_prompt_tokens(request), flush=True)
+"""
+
+
+@pytest.mark.qwen
+def test_real_tokenizer_survives_long_runs(qwen_gguf):
+    """llama.cpp's Qwen2 pre-tokenizer segfaulted on ~25k repeated letters or spaces (one request
+    could kill the router); the backend now tokenizes such runs in bounded pieces."""
+    root = str(Path(__file__).resolve().parent.parent)
+    done = subprocess.run([sys.executable, "-c", TOKENIZE_RUNS, root, str(qwen_gguf)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"the tokenizer crashed ({done.returncode}; -11 is SIGSEGV): {done.stderr[-500:]}"
+    counts = [int(line) for line in done.stdout.split()]
+    assert len(counts) == 3 and all(n > 512 for n in counts)
