@@ -286,3 +286,18 @@ def test_env_beats_config_file_and_flags_beat_env(monkeypatch, isolated):
     monkeypatch.delenv("ROUTE_PORT")
     assert setting_sources()["port"] == f"config file {isolated}"
     assert setting_sources(port=9002)["port"] == "flag"
+
+
+def test_the_readme_config_example_is_valid(isolated, monkeypatch):
+    """The config file shown in README.md loads, and each of its keys is reported as coming from the file."""
+    for name in ("ROUTE_PORT", "ROUTE_N_THREADS", "ROUTE_N_THREADS_BATCH"):
+        monkeypatch.delenv(name)
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    block = readme.split("# ~/.config/route/config.yaml\n", 1)[1].split("```", 1)[0]
+    isolated.write_text(block)
+    result = run("config", "--json")
+    assert result.exit_code == 0, result.output
+    settings = json.loads(result.stdout)["settings"]
+    keys = [line.split(":", 1)[0] for line in block.splitlines() if line and not line.startswith("#")]
+    assert keys and all(settings[key]["source"] == f"config file {isolated}" for key in keys)
+    assert settings["api_key"]["value"] == "********"
