@@ -380,6 +380,11 @@ def test_ten_megabyte_body_is_413_by_the_configured_limit(http, path):
         assert err["code"] == "payload_too_large"
 
 
+def test_the_default_body_limit_refuses_ten_megabytes(tmp_path):
+    with isolated_env(tmp_path):
+        assert Settings().max_body_bytes < 10 * 1024 * 1024 <= Settings(max_body_bytes=16 * 1024 * 1024).max_body_bytes
+
+
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/infill", "/api/generate"])
 def test_ten_megabyte_body_without_content_length_is_413(http, path):
     def chunks():
