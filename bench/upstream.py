@@ -8,6 +8,11 @@ prompt with the order alternating, in one run. Reported: time to first token, de
 while streaming (tokens after the first over the time from first to last), end-to-end time
 without streaming, and whether the greedy texts are identical.
 
+A shared 2-core machine makes llama.cpp's own speed swing several-fold from one request to the
+next, so each request's client-side decode rate is also divided by the upstream's OWN decode
+rate for that same request (llama.cpp's `eval time` line in the server log): the "delivery"
+ratio. Direct calls set the baseline; a router that adds nothing delivers the same ratio.
+
 Weights: the real Qwen2.5-Coder-0.5B-Instruct when cached (HF cache, or
 /tmp/qwen/qwen2.5-coder-0.5b-instruct.gguf), otherwise the tiny test GGUF (said in the output).
 
@@ -20,8 +25,10 @@ Prints a table and writes bench/results/upstream.json.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +105,37 @@ def call(client: httpx.Client, base: str, model: str | None, prompt: str, max_to
     return timed
 
 
+EVAL_LINE = re.compile(r"^llama_perf_context_print:\s+eval time =\s+([\d.]+) ms /\s+(\d+) runs", re.M)
+
+
+class UpstreamSpeed:
+    """The upstream's own decode speed per request, read from llama.cpp's perf lines in its log."""
+
+    def __init__(self, log_path: str) -> None:
+        self.log_path = Path(log_path)
+        self.seen = 0
+
+    def _lines(self) -> list[tuple[float, int]]:
+        text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        return [(float(ms), int(runs)) for ms, runs in EVAL_LINE.findall(text)]
+
+    def skip(self) -> None:
+        self.seen = len(self._lines())
+
+    def next(self, wait_s: float = 2.0) -> float | None:
+        """tokens/s of the generation that just ended (None if its line never showed up)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            lines = self._lines()
+            if len(lines) > self.seen:
+                ms, runs = lines[self.seen]
+                self.seen += 1
+                return runs / (ms / 1000) if ms > 0 and runs > 1 else None
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
+
+
 def decode_tps(t: Timed) -> float | None:
     """Streaming decode speed: tokens after the first over the time from first to last token."""
     if t.ttft_s is None or t.last_token_s is None or t.chunks < 2 or t.last_token_s <= t.ttft_s:
@@ -123,6 +161,10 @@ def main() -> None:
         for name, (base, model) in paths.items():  # warm-up: model pages, prompt cache, router's backend
             call(client, base, model, "hello", 4, True)
             call(client, base, model, "hello", 4, False)
+        upstream.log.flush()
+        speed = UpstreamSpeed(upstream.log.name)
+        time.sleep(0.5)
+        speed.skip()
         for i, prompt in enumerate(prompts):
             order = ["direct", "router"] if i % 2 == 0 else ["router", "direct"]
             row: dict[str, Any] = {"prompt": prompt}
@@ -130,12 +172,16 @@ def main() -> None:
                 for name in order:
                     base, model = paths[name]
                     t = call(client, base, model, prompt, args.max_tokens, stream)
+                    upstream_tps = speed.next()
                     key = f"{name}_{'stream' if stream else 'json'}"
+                    client_tps = decode_tps(t)
                     row[key] = {
+                        "upstream_own_decode_tps": upstream_tps,
+                        "delivery": client_tps / upstream_tps if client_tps and upstream_tps else None,
                         "ttft_ms": None if t.ttft_s is None else t.ttft_s * 1000,
                         "total_ms": t.total_s * 1000,
                         "tokens": t.chunks,
-                        "decode_tps": decode_tps(t),
+                        "decode_tps": client_tps,
                         "text": t.text,
                         "route_model": t.headers.get("x-route-model"),
                         "route_label": t.headers.get("x-route-label"),
@@ -143,7 +189,8 @@ def main() -> None:
             rows.append(row)
             d, r = row["direct_stream"], row["router_stream"]
             print(f"  prompt {i + 1}/{len(prompts)}: ttft {fmt(d['ttft_ms'])} vs {fmt(r['ttft_ms'])} ms, "
-                  f"decode {fmt(d['decode_tps'])} vs {fmt(r['decode_tps'])} tok/s")
+                  f"decode {fmt(d['decode_tps'])} vs {fmt(r['decode_tps'])} tok/s "
+                  f"(upstream's own: {fmt(d['upstream_own_decode_tps'])} vs {fmt(r['upstream_own_decode_tps'])})")
 
     def med(key: str, field: str) -> float:
         return median([row[key][field] for row in rows])
@@ -153,21 +200,26 @@ def main() -> None:
     tps_ratio = median([row["router_stream"]["decode_tps"] / row["direct_stream"]["decode_tps"] for row in rows
                         if row["router_stream"]["decode_tps"] and row["direct_stream"]["decode_tps"]])
     json_ratio = median([row["router_json"]["total_ms"] / row["direct_json"]["total_ms"] for row in rows])
+    delivery_direct = med("direct_stream", "delivery")
+    delivery_router = med("router_stream", "delivery")
     identical = sum(row["router_stream"]["text"] == row["direct_stream"]["text"] for row in rows)
     routed_to = sorted({row["router_stream"]["route_model"] for row in rows if row["router_stream"]["route_model"]})
 
     table = [
         ["upstream directly", fmt(med("direct_stream", "ttft_ms")), fmt(med("direct_stream", "decode_tps")),
-         fmt(med("direct_json", "total_ms"), 0), "1.000", "-"],
+         fmt(delivery_direct, 3), fmt(med("direct_json", "total_ms"), 0), "1.000", "-"],
         ["through the router", fmt(med("router_stream", "ttft_ms")), fmt(med("router_stream", "decode_tps")),
-         fmt(med("router_json", "total_ms"), 0), fmt(tps_ratio, 3), fmt(ttft_added, 1, " ms")],
+         fmt(delivery_router, 3), fmt(med("router_json", "total_ms"), 0), fmt(tps_ratio, 3),
+         fmt(ttft_added, 1, " ms")],
     ]
     print_table(
         f"Router overhead in front of an upstream (llama_cpp.server), {len(rows)} prompts, "
         f"{args.max_tokens} tokens, greedy",
-        ["path", "TTFT p50 ms", "decode tok/s p50", "non-stream total p50 ms", "decode ratio", "TTFT added p50"],
+        ["path", "TTFT p50 ms", "decode tok/s p50", "delivery p50", "non-stream total p50 ms", "decode ratio",
+         "TTFT added p50"],
         table,
-        caption=f"model: {weights_note}; identical greedy text {identical}/{len(rows)}; "
+        caption=f"model: {weights_note}; delivery = client decode tok/s / the upstream's own decode tok/s in "
+                f"the same request; identical greedy text {identical}/{len(rows)}; "
                 f"non-stream total ratio {fmt(json_ratio, 3)}; routed to {', '.join(routed_to)}",
     )
     write_results("upstream", {
@@ -185,6 +237,9 @@ def main() -> None:
             "direct_decode_tps_p50": med("direct_stream", "decode_tps"),
             "router_decode_tps_p50": med("router_stream", "decode_tps"),
             "decode_tps_ratio_p50": tps_ratio,
+            "direct_delivery_p50": delivery_direct,
+            "router_delivery_p50": delivery_router,
+            "delivery_ratio": (delivery_router / delivery_direct) if delivery_direct and delivery_router else None,
             "direct_json_total_ms_p50": med("direct_json", "total_ms"),
             "router_json_total_ms_p50": med("router_json", "total_ms"),
             "json_total_ratio_p50": json_ratio,
