@@ -41,14 +41,10 @@ NOT_OFFERED = {
 
 
 def build_catalog(settings: Settings) -> Any:
-    """The catalog: a catalog file, else LABEL=PATH files, else the built-in profile."""
-    from models import catalog as catalog_module
+    """The catalog: a catalog file, else LABEL=PATH files, else the built-in profile (one rule, models.catalog's)."""
+    from models.catalog import select_catalog
 
-    if settings.catalog is not None:
-        return catalog_module.load_catalog(settings.catalog)
-    if settings.models:
-        return catalog_module.catalog_from_files(dict(settings.models))
-    return catalog_module.builtin_profile(settings.profile)
+    return select_catalog(catalog=settings.catalog, models=dict(settings.models), profile=settings.profile)
 
 
 def build_classifier(settings: Settings) -> tuple[Any, str | None]:
