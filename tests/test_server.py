@@ -329,6 +329,8 @@ def test_health_and_props(http):
     assert props["model"] == "tiny-qwen" and props["total_slots"] >= 1
     assert {"model_path", "chat_template", "modalities"} <= set(props)
     assert http.get("/props", params={"model": "tiny-nofim", "autoload": "false"}).json()["model"] == "tiny-nofim"
+    http.post("/infill", json=LLAMA_VSCODE_WARMUP)  # loaded: the GGUF's own template is reported
+    assert "<|im_start|>" in http.get("/props").json()["chat_template"]
 
 
 # ----------------------------------------------------------------------------- Ollama

@@ -233,6 +233,14 @@ async def generate(request: Request, endpoint: str, model_cls: type[LlamaSamplin
     )
 
 
+def chat_template(pool: Any, spec: Any) -> str:
+    """The template the model really uses once loaded (its GGUF's), else the catalog's override."""
+    if spec is None:
+        return ""
+    backend = pool.backend(spec.id) if hasattr(pool, "backend") else None
+    return getattr(backend, "chat_template", None) or spec.chat_template or ""
+
+
 def model_for_props(request: Request, name: str | None):
     """The catalog spec /props describes: the named one, else the default FIM model, else the first."""
     router = state(request).router
@@ -289,7 +297,7 @@ def build() -> APIRouter:
             "model_path": path,
             "model": spec.id if spec else None,
             "model_alias": spec.id if spec else None,
-            "chat_template": (spec.chat_template or "") if spec else "",
+            "chat_template": chat_template(app_state.pool, spec),
             "modalities": {"vision": False, "audio": False},
             "is_sleeping": not (spec and getattr(loaded.get(spec.id), "loaded", False)),
             "build_info": "prompt-router",
