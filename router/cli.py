@@ -573,6 +573,11 @@ def serve(
     from router.app import create_app
 
     application = create_app(settings)
+    console = stderr_console()
+    for spec in application.state.catalog.models:
+        labels = ", ".join(str(getattr(label, "value", label)) for label in spec.labels) or "no label"
+        console.print(f"[dim]{escape(spec.id)}: {escape(labels)}[/]")
+    console.print(f"route: listening on {local_router_url(settings)} (OpenAI /v1, llama.cpp /infill, Ollama /api)")
     uvicorn.run(application, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
 
 
