@@ -206,7 +206,7 @@ class Answer:
 
     label: str
     model: str
-    confidence: float
+    confidence: float | None  # None: the server did not say (not a router of ours)
     reasons: list[str] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None
@@ -387,7 +387,7 @@ def answer_over_http(
             answer = Answer(
                 label=response.headers.get("x-route-label", "?"),
                 model=response.headers.get("x-route-model", "?"),
-                confidence=float(response.headers.get("x-route-confidence", "nan")),
+                confidence=_header_float(response.headers.get("x-route-confidence")),
                 via=url,
             )
             on_decision(answer)
@@ -414,6 +414,13 @@ def answer_over_http(
                         "completion_tokens": usage.get("completion_tokens", 0),
                     }
     return answer
+
+
+def _header_float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def error_from_response(response: Any) -> Exception:
@@ -484,8 +491,9 @@ def ask(
         if as_json:
             return
         via = "" if answer.via == "in-process" else f" via {answer.via}"
+        confidence = "?" if answer.confidence is None else f"{answer.confidence:.2f}"
         console.print(
-            f"[dim]→ {escape(answer.label)} · {escape(answer.model)} · confidence {answer.confidence:.2f}{escape(via)}[/]"
+            f"[dim]→ {escape(answer.label)} · {escape(answer.model)} · confidence {confidence}{escape(via)}[/]"
         )
 
     def on_text(piece: str) -> None:

@@ -155,3 +155,19 @@ def test_route_serve_runs_a_real_server(tiny_gguf, tmp_path):
             process.kill()
             process.wait()
     assert process.returncode == 0, process.stdout.read()
+
+
+def test_server_flag_against_a_plain_openai_server(tiny_gguf, tmp_path):
+    """Any OpenAI-compatible server works with --server; with no routing headers the decision is unknown, not invented."""
+    from upstream_harness import LlamaCppServer
+
+    plain = LlamaCppServer(tiny_gguf, tmp_path).start()
+    try:
+        result = runner.invoke(app, ["hello", "--server", plain.url, "--json", "--max-tokens", "2"])
+    finally:
+        plain.kill()
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"not strict JSON: {name}"))
+    assert payload["via"] == plain.url
+    assert payload["label"] == "?" and payload["model"] == "?" and payload["confidence"] is None
+    assert payload["finish_reason"] in ("stop", "length")
