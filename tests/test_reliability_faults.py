@@ -70,7 +70,7 @@ def server(tiny_gguf, tmp_path_factory):
             yield srv
 
 
-# Four streaming shapes: OpenAI SSE (chat, completions), llama.cpp SSE, Ollama NDJSON.
+# Streaming shapes: OpenAI SSE (chat, completions), llama.cpp SSE (/completion, /infill), Ollama NDJSON.
 STREAMS = [
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": LONG, "stream": True,
                               "logit_bias": NO_SPECIALS}),
@@ -78,6 +78,9 @@ STREAMS = [
     ("/completion", {"prompt": "a", "n_predict": LONG, "stream": True, "logit_bias": NO_SPECIALS_LIST}),
     ("/infill", {"input_prefix": "a", "input_suffix": "b", "n_predict": LONG, "stream": True,
                  "logit_bias": NO_SPECIALS_LIST}),
+    # Ollama has no logit_bias: these may, rarely, meet an end-of-generation token by themselves.
+    ("/api/generate", {"prompt": "a", "raw": True, "options": {"num_predict": LONG}}),
+    ("/api/chat", {"messages": [{"role": "user", "content": "hi"}], "options": {"num_predict": LONG}}),
 ]
 
 
@@ -92,23 +95,25 @@ def test_a_hundred_mid_stream_disconnects_stop_everything_and_leak_nothing(serve
     tokens_before = sum(counters.tokens.values())
     cancelled_before = sum(counters.cancelled.values())
 
+    must_cancel = 0  # the dialects whose requests ban every end-of-generation token
     for i in range(100):
         path, body = STREAMS[i % len(STREAMS)]
+        must_cancel += not path.startswith("/api/")
         with httpx.Client(base_url=server.url, timeout=60) as client:
             with client.stream("POST", path, json=body) as r:
                 assert r.status_code == 200, r.read()
-                lines = r.iter_lines()
                 got = 0
-                while got < 2:  # two events of a generation that would run for 1,900 tokens
-                    if next(lines).strip():
-                        got += 1
+                for line in r.iter_lines():  # two events of a generation that could run for 1,900 tokens
+                    got += bool(line.strip())
+                    if got == 2:
+                        break
         # closing the client drops the connection mid-stream
 
     wait_idle(server)
     counters = pool.counters
     cancelled = sum(counters.cancelled.values()) - cancelled_before
     generated = sum(counters.tokens.values()) - tokens_before
-    assert cancelled == 100, f"{cancelled} of 100 abandoned generations were cancelled"
+    assert cancelled >= must_cancel, f"only {cancelled} of {must_cancel} abandoned generations were cancelled"
     assert generated < 100 * LONG // 4, f"{generated} tokens: generations kept running after their clients left"
     assert all(st.loaded for st in pool.status())  # a vanished client never unloads a model
     assert server.state.superseder.inflight == {}
