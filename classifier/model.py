@@ -16,15 +16,15 @@ import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import skops.io as sio
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
 
 from classifier.errors import ArtifactError
 from classifier.features import analyze
+
+if TYPE_CHECKING:  # scikit-learn and skops load in seconds: only when a model is built or loaded
+    from sklearn.pipeline import Pipeline
 
 ARTIFACT_FORMAT = "prompt-router-classifier/1"
 DEFAULT_ARTIFACT = Path(__file__).parent / "artifact" / "classifier.skops"
@@ -54,6 +54,10 @@ TRUSTED_TYPES: tuple[str, ...] = (
 
 def build_pipeline(seed: int) -> Pipeline:
     """The untrained pipeline; `seed` fixes the solver's randomness for reproducible artifacts."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
     return Pipeline(
         [
             ("tfidf", TfidfVectorizer(analyzer=analyze, sublinear_tf=True, min_df=2, dtype=np.float64)),
@@ -76,8 +80,8 @@ class TextModel:
     def __init__(self, pipeline: Pipeline, meta: dict | None = None) -> None:
         self.pipeline = pipeline
         self.meta = dict(meta or {})
-        tfidf: TfidfVectorizer = pipeline.named_steps["tfidf"]
-        logreg: LogisticRegression = pipeline.named_steps["logreg"]
+        tfidf = pipeline.named_steps["tfidf"]
+        logreg = pipeline.named_steps["logreg"]
         classes = list(logreg.classes_)
         if sorted(classes) != sorted([CODE, OTHER]):
             raise ArtifactError(f"text model classes are {classes}, expected {[CODE, OTHER]}")
@@ -120,7 +124,9 @@ class TextModel:
 
     def save(self, path: Path) -> None:
         """Persist with skops; the vocabulary travels as one joined string (see module doc)."""
-        tfidf: TfidfVectorizer = self.pipeline.named_steps["tfidf"]
+        import skops.io as sio
+
+        tfidf = self.pipeline.named_steps["tfidf"]
         vocabulary = tfidf.vocabulary_
         terms = self.terms_
         if any(_TERM_SEPARATOR in t for t in terms):
@@ -140,6 +146,9 @@ class TextModel:
     @classmethod
     def load(cls, path: Path) -> TextModel:
         """Load against TRUSTED_TYPES; anything else (missing, corrupt, untrusted) is an ArtifactError."""
+        import skops.io as sio
+        from sklearn.pipeline import Pipeline
+
         path = Path(path)
         if not path.is_file():
             raise ArtifactError(f"classifier artifact not found at {path}; rebuild it with `route train`")
