@@ -475,6 +475,8 @@ def ask(
     max_tokens: Optional[int] = typer.Option(1024, "--max-tokens", min=1, help="Most tokens to generate."),
     temperature: Optional[float] = typer.Option(None, "--temperature", "-t", min=0.0, help="Sampling temperature."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed, for repeatable answers."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="In-process: a built-in model profile (starter, laptop)."),
+    catalog: Optional[Path] = typer.Option(None, "--catalog", help="In-process: a YAML model catalog."),
 ) -> None:
     console = stderr_console()
     text = compose_prompt(prompt, read_piped_stdin())
@@ -484,7 +486,7 @@ def ask(
         raise typer.BadParameter("must be auto, a label or a model id, not empty.", param_hint="--model")
     if server and local:
         raise typer.BadParameter("--server and --local contradict each other; pick one.", param_hint="--local")
-    settings = load_settings(server_url=server)
+    settings = load_settings(server_url=server, profile=profile, catalog=catalog)
     sampling = sampling_fields(max_tokens, temperature, seed)
 
     def on_decision(answer: Answer) -> None:

@@ -131,6 +131,21 @@ def test_forced_label_and_forced_model_id(tiny_models):
     assert by_id["model"] == model_id
 
 
+def test_catalog_flag_picks_the_models(tmp_path, tiny_gguf):
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(
+        "models:\n"
+        "  - id: my-tiny\n"
+        "    labels: [code_edit, chat, instruct]\n"
+        f"    source: {{kind: local, path: '{tiny_gguf}'}}\n"
+    )
+    result = run("write a python function", "--local", "--json", "--max-tokens", "1", "--catalog", str(catalog))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model"] == "my-tiny"
+    unknown = run("hello", "--local", "--profile", "no-such-profile")
+    assert_clean_error(unknown, "no-such-profile", "starter")
+
+
 def test_piped_stdin_is_appended_to_the_prompt(tiny_models):
     alone = json.loads(run("add type hints", "--local", "--json", "--max-tokens", "1").stdout)
     code = "def add(a, b):\n    return a + b\n" * 5
