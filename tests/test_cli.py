@@ -100,6 +100,7 @@ def test_prompt_is_the_default_command(tiny_models):
     assert "tiny" in decision  # the model id comes from the file name
     assert "confidence" in decision
     assert result.stdout.endswith("\n")
+    assert "loading" not in result.stderr and "tokens in" not in result.stderr  # no spinner or stats off a terminal
 
 
 def test_options_before_the_prompt_still_mean_the_default_command(tiny_models):
