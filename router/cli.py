@@ -599,9 +599,16 @@ def serve(
     short_help="Show the effective settings and where each came from.",
     help="Print the effective settings and where each came from (flag, env ROUTE_*, config file, default).",
 )
-def show_config(as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table.")) -> None:
-    settings = load_settings()
-    sources = setting_sources()
+def show_config(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    host: Optional[str] = typer.Option(None, "--host", help="As `route serve --host` would set it."),
+    port: Optional[int] = typer.Option(None, "--port", "-p", help="As `route serve --port` would set it."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="As `--profile` would set it."),
+    catalog: Optional[Path] = typer.Option(None, "--catalog", help="As `--catalog` would set it."),
+) -> None:
+    flags = {"host": host, "port": port, "profile": profile, "catalog": catalog}
+    settings = load_settings(**flags)
+    sources = setting_sources(**flags)
     values = {}
     for name in Settings.model_fields:
         value = getattr(settings, name)

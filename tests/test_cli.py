@@ -286,6 +286,9 @@ def test_config_shows_value_and_source(monkeypatch, isolated):
     assert settings["queue_size"] == {"value": 7, "source": f"config file {isolated}"}
     assert settings["idle_ttl_s"] == {"value": 30.0, "source": "env ROUTE_IDLE_TTL_S"}
     assert settings["profile"]["source"] == "default"
+    flagged = json.loads(run("config", "--json", "--port", "9009", "--profile", "laptop").stdout)["settings"]
+    assert flagged["port"] == {"value": 9009, "source": "flag"}  # beats the fixture's ROUTE_PORT
+    assert flagged["profile"] == {"value": "laptop", "source": "flag"}
 
 
 def test_config_table_masks_the_api_key(monkeypatch):
