@@ -88,9 +88,9 @@ UNION_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "none", "dict", 
 def field_path(loc: tuple | list) -> str | None:
     """Pydantic's loc ('body', 'messages', 0, 'role') as the caller wrote it: messages[0].role."""
     out = ""
-    for part in loc:
-        if part in ("body", "query", "path") and not out:
-            continue
+    for i, part in enumerate(loc):
+        if i == 0 and part in ("body", "query", "path"):
+            continue  # where FastAPI found it; a field may itself be named `body`
         if isinstance(part, int):
             out += f"[{part}]"
         elif isinstance(part, str) and ("[" in part or part.startswith("function-") or part in UNION_TAGS):

@@ -61,7 +61,8 @@ def validate(model: type[M], data: dict[str, Any]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise from_validation_errors(exc.errors()) from None
+        # Locations as FastAPI reports them (under "body"), so a field named `body` keeps its name.
+        raise from_validation_errors([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
 
 
 async def parse(request: Request, model: type[M]) -> tuple[M, dict[str, Any]]:
