@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -423,6 +424,10 @@ def test_server_still_healthy_and_idle_after_all_of_it(http, server):
     assert http.get("/health").json()["status"] == "ok"
     for path, body in VALID.items():
         assert http.post(path, json=body).status_code == 200, path
+    deadline = time.monotonic() + 10  # the worker books a finished request just after its answer leaves
+    while time.monotonic() < deadline and not all(
+            st.generating == 0 and st.queue_depth == 0 for st in server.state.pool.status()):
+        time.sleep(0.02)
     assert all(st.generating == 0 and st.queue_depth == 0 for st in server.state.pool.status())
     metrics = http.get("/metrics").text
     assert 'status="500"' not in metrics
