@@ -266,6 +266,11 @@ def test_parse_model_files_accepts_each_label_once(tiny_gguf):
         parse_model_files([f"fim={tiny_gguf}", f"fim={tiny_gguf}"])
 
 
+def test_serve_refuses_a_public_address_without_an_api_key():
+    result = run("serve", "--host", "0.0.0.0")
+    assert_clean_error(result, "0.0.0.0", "API key")
+
+
 def test_serve_refuses_a_missing_catalog_file(tmp_path):
     result = run("serve", "--config", str(tmp_path / "nope.yaml"))
     assert result.exit_code == 2
