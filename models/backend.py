@@ -121,3 +121,6 @@ class BackendOptions:
     connect_timeout_s: float = 5.0
     first_token_timeout_s: float = 120.0
     idle_stream_timeout_s: float = 60.0
+    # Off by default: a memory-mapped GGUF that is truncated or rewritten while loaded kills the
+    # whole process with SIGBUS; reading it into memory costs a slower cold load instead.
+    use_mmap: bool = False

@@ -68,7 +68,7 @@ class LlamaBackend:
                 n_gpu_layers=int(getattr(spec, "n_gpu_layers", 0) or 0),
                 n_threads=options.n_threads,
                 n_threads_batch=options.n_threads_batch,
-                use_mmap=True,
+                use_mmap=options.use_mmap,
                 verbose=False,
             )
         except Exception as exc:  # llama.cpp only says "failed to load"; find out why
@@ -103,6 +103,7 @@ class LlamaBackend:
         self._eos_text = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() >= 0 else ""
         self.memory_bytes: int = self.weights_path.stat().st_size + _kv_cache_bytes(metadata, self.n_ctx)
         self._prepared: tuple[GenerationRequest, _Prepared] | None = None
+        self._max_piece_bytes: int | None = None
         self._closed = False
 
     # ---- Backend protocol ---------------------------------------------------------------
@@ -141,11 +142,13 @@ class LlamaBackend:
     def _render(self, request: GenerationRequest) -> _Prepared:
         if request.kind == "chat":
             text = self._render_chat(request.messages)
+            self._refuse_surely_too_long(text, request)
             add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
             return _Prepared(self._tokenize(text, add_bos=add_bos, special=True), self._chat_stops, frozenset())
         if request.kind == "complete":
             fim = translate_fim_prompt(request.prompt, self.fim, model_id=self.model_id)
             if fim is None:
+                self._refuse_surely_too_long(request.prompt, request)
                 return _Prepared(self._tokenize(request.prompt, add_bos=self._add_bos, special=True), (), frozenset())
             return self._fim_tokens(fim, request.params, trim=False)
         if request.kind == "fim":
@@ -197,6 +200,25 @@ class LlamaBackend:
             runs, truncated = _trim_fim(runs, self.n_ctx - reserve - len(head))
         tokens = head + [t for _, ids in runs for t in ids]
         return _Prepared(tokens, (), stop_ids, truncated)
+
+    def _refuse_surely_too_long(self, text: str, request: GenerationRequest) -> None:
+        """Refuse without tokenizing when even the longest token could not pack `text` into n_ctx.
+
+        Why: tokenizing a multi-megabyte prompt takes tens of seconds on the model's only worker.
+        """
+        if len(text) <= self.n_ctx * 16:  # short enough to tokenize quickly; exact counting decides
+            return
+        if self._max_piece_bytes is None:
+            n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+            self._max_piece_bytes = max(len(self._piece(t)) for t in range(n_vocab)) or 1
+        n_bytes = len(text.encode("utf-8", "surrogatepass"))
+        if n_bytes > self.n_ctx * self._max_piece_bytes:
+            raise ContextLengthExceeded(
+                f"The prompt is {n_bytes} bytes: at least {n_bytes // self._max_piece_bytes} tokens, but model "
+                f"{self.model_id!r} has a context of {self.n_ctx} tokens. Shorten the prompt.",
+                param="messages" if request.kind == "chat" else "prompt",
+                n_ctx=self.n_ctx,
+            )
 
     def _check_fits(self, prep: _Prepared, request: GenerationRequest) -> None:
         need = len(prep.tokens) + (0 if request.warmup else 1)

@@ -68,6 +68,7 @@ def build_pool(settings: Settings, catalog: Any) -> Any:
         connect_timeout_s=settings.connect_timeout_s,
         first_token_timeout_s=settings.first_token_timeout_s,
         idle_stream_timeout_s=settings.idle_stream_timeout_s,
+        use_mmap=settings.use_mmap,
     )
     return Pool(
         catalog,

@@ -53,7 +53,7 @@ class ApiKeyMiddleware:
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.expected = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] == "OPTIONS" or scope["path"] in OPEN_PATHS:
@@ -64,7 +64,9 @@ class ApiKeyMiddleware:
             if name == b"authorization":
                 presented = value
                 break
-        if not hmac.compare_digest(presented, self.expected):
+        scheme, _, token = presented.partition(b" ")
+        # The auth scheme is case-insensitive (RFC 9110 section 11.1); the key itself is not.
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.expected):
             err = Unauthorized("Missing or wrong API key: send `Authorization: Bearer <key>`.")
             await error_response(dialect_for_path(scope["path"]), err, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
             return

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     n_threads_batch: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, description="llama.cpp prompt-processing threads."
     )
+    use_mmap: bool = Field(
+        False,
+        description="Memory-map GGUF files: faster cold loads, but a file truncated while loaded crashes the server (SIGBUS).",
+    )
     preload: list[str] = Field(default_factory=list, description="Model ids loaded at startup and pinned.")
 
     classifier_artifact: Path | None = Field(None, description="A classifier .skops file replacing the shipped one.")

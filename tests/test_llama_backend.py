@@ -145,6 +145,17 @@ def test_prompt_longer_than_the_context_is_refused_before_any_work(backend):
     assert done.completion_tokens >= 1 or done.finish_reason == "stop"
 
 
+def test_megabyte_prompt_is_refused_by_its_size_without_tokenizing(backend):
+    # No token of this vocabulary spans more than a few bytes, so 1 MB cannot fit 512 tokens:
+    # the refusal names the byte count (the early path), not a token count from the tokenizer.
+    huge = "x = 1\n" * 200_000
+    for request in (GenerationRequest("complete", prompt=huge), chat(huge)):
+        with pytest.raises(ContextLengthExceeded, match=r"The prompt is \d+ bytes: at least \d+ tokens"):
+            backend.count_prompt_tokens(request)
+    _, done = run(backend, chat(max_tokens=2))  # still serving
+    assert done.finish_reason in {"stop", "length"}
+
+
 def test_overlong_fim_is_trimmed_like_llama_cpp(backend):
     request = GenerationRequest("fim", prefix="p" * 3000, suffix="s" * 3000, params=SamplingParams(max_tokens=4))
     tokens, done = run(backend, request)

@@ -249,11 +249,8 @@ print(list(backend.generate(request, threading.Event()))[-1].finish_reason, flus
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Known, not fixed: weights are mmap'ed (use_mmap=True in models/llama_backend.py), so truncating the "
-    "file of a LOADED model (e.g. `cp new.gguf model.gguf` over it) makes the next access SIGBUS and kills the "
-    "process. Deleting or replacing by rename is safe (tests above). Fix would be use_mmap=False or a read "
-    "lease that unloads first; see the reliability report."))
+# Fixed by loading weights without mmap by default (BackendOptions.use_mmap / ROUTE_USE_MMAP):
+# a mapped file truncated under a loaded model used to kill the process with SIGBUS.
 def test_model_file_truncated_while_loaded_does_not_kill_the_process(tiny_gguf, tmp_path):
     path = tmp_path / "loaded.gguf"
     shutil.copy(tiny_gguf, path)

@@ -134,6 +134,14 @@ def test_the_right_key_opens_every_dialect(keyed, method, path, body):
     assert r.status_code == 200, r.text[:300]
 
 
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER"])
+def test_the_auth_scheme_is_case_insensitive_but_the_key_is_not(keyed, scheme):
+    ok = httpx.get(keyed.url + "/v1/models", headers={"authorization": f"{scheme} {KEY}"}, timeout=60)
+    assert ok.status_code == 200
+    wrong_case_key = httpx.get(keyed.url + "/v1/models", headers={"authorization": f"{scheme} {KEY.swapcase()}"}, timeout=60)
+    assert wrong_case_key.status_code == 401
+
+
 def test_health_is_open_and_reveals_nothing(keyed):
     r = httpx.get(keyed.url + "/health")
     assert r.status_code == 200 and r.json()["status"] == "ok"
