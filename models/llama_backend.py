@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import functools
+import logging
 import os
 import re
 import threading
@@ -44,6 +46,28 @@ TRANSCRIPT_STOPS = ("\nUser:", "\nSystem:")
 FIM_RESERVE_TOKENS = 256
 
 
+# ggml_log_level of the bundled llama.cpp: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5.
+# llama-cpp-python 0.3.16 maps these one step off (WARN printed as ERROR, even with verbose=False).
+# WARN lines are about llama.cpp's own setup (e.g. a context smaller than the training one), not
+# something a router user acts on, so they go to INFO; real failures surface as exceptions.
+GGML_TO_LOGGING = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.DEBUG, 3: logging.INFO, 4: logging.ERROR}
+native_log = logging.getLogger("llama_cpp.native")
+
+
+@functools.cache
+def _route_llama_logs() -> object:
+    """Send llama.cpp's log lines to Python logging, once per process; returns the callback to keep it alive."""
+
+    @llama_cpp.llama_log_callback
+    def forward(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        line = text.decode("utf-8", "replace").rstrip()
+        if line:
+            native_log.log(GGML_TO_LOGGING.get(level, logging.DEBUG), "%s", line)
+
+    llama_cpp.llama_log_set(forward, ctypes.c_void_p(0))
+    return forward
+
+
 class LlamaBackend:
     """A loaded GGUF model implementing the Backend protocol (parallel = 1: one llama.cpp context)."""
 
@@ -51,6 +75,7 @@ class LlamaBackend:
 
     def __init__(self, spec: Any, weights_path: Path | str, options: BackendOptions | None = None) -> None:
         options = options or BackendOptions()
+        _route_llama_logs()
         self.model_id: str = spec.id
         self.weights_path = Path(weights_path)
         started = time.perf_counter()
