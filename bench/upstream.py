@@ -98,6 +98,8 @@ def call(client: httpx.Client, base: str, model: str | None, prompt: str, max_to
     }
     if model is not None:
         body["model"] = model
+    else:  # direct: the sampling the router forwards, so that greedy texts can be compared
+        body.update(top_k=40, min_p=0.05, repeat_penalty=1.0, typical_p=1.0)
     url = base + "/v1/chat/completions"
     timed = post_stream(client, url, body) if stream else post_json(client, url, body)
     if timed.status != 200:

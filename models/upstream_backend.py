@@ -106,7 +106,8 @@ class UpstreamBackend:
         self.parallel: int = max(1, slots * len(urls))
         self.options = options
 
-        headers = {"Accept": "text/event-stream"}
+        # Named, so an upstream that is itself a router can tell forwarded traffic from an editor's.
+        headers = {"Accept": "text/event-stream", "User-Agent": "prompt-router-upstream/0.1"}
         key_env = getattr(source, "api_key_env", None)
         if key_env:
             key = os.environ.get(key_env)
@@ -317,13 +318,13 @@ class UpstreamBackend:
             body["frequency_penalty"] = params.frequency_penalty
         if params.logit_bias:
             body["logit_bias"] = {str(k): v for k, v in params.logit_bias.items()}
-        # llama-server, llama-cpp-python and vLLM accept these; Ollama ignores them.
+        # llama.cpp's sampling knobs, always sent: an omitted one takes the upstream's own
+        # default, which differs (llama-cpp-python's server penalises repeats by 1.1 unless told).
+        # llama-server, llama-cpp-python and vLLM accept these names; Ollama ignores them.
         body["top_k"] = params.top_k
         body["min_p"] = params.min_p
-        if params.repeat_penalty != 1.0:
-            body["repeat_penalty"] = params.repeat_penalty
-        if params.typical_p != 1.0:
-            body["typical_p"] = params.typical_p
+        body["repeat_penalty"] = params.repeat_penalty
+        body["typical_p"] = params.typical_p
         return body
 
     def _fim_tokens(self):

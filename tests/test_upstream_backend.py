@@ -123,6 +123,11 @@ def test_fim_prompt_is_built_for_the_upstream_family(make_backend):
     assert call.body["prompt"] == "<|fim_prefix|>a = <|fim_suffix|>\nb = 2\n<|fim_middle|>"
     assert "<|endoftext|>" in call.body["stop"] and "<|file_sep|>" in call.body["stop"]
 
+    # Every sampling knob is explicit: an omitted one would take the upstream's own default
+    # (llama-cpp-python's server uses repeat_penalty 1.1 where ours is 1.0).
+    assert {"temperature", "top_p", "top_k", "min_p", "repeat_penalty", "typical_p"} <= set(call.body)
+    assert call.body["repeat_penalty"] == 1.0
+
     starcoder_prompt = "<fim_prefix>a = <fim_suffix>\nb = 2\n<fim_middle>"
     call = backend._prepare(GenerationRequest("complete", prompt=starcoder_prompt))
     assert call.body["prompt"] == "<|fim_prefix|>a = <|fim_suffix|>\nb = 2\n<|fim_middle|>"
