@@ -46,6 +46,10 @@ CHAT_TOKENS_PER_MESSAGE = 4
 # about 4 for English and 3 for code, so 3 over-counts slightly, which is the safe side.
 CHARS_PER_TOKEN = 3.0
 
+# A router forwarding to another router multiplexes many editors: the far end must not
+# treat its concurrent FIM requests as one client superseding itself.
+UPSTREAM_USER_AGENT = "prompt-router-upstream/0.1"
+
 _FINISH_REASONS = {"stop": "stop", "length": "length", "eos": "stop", "word": "stop", "limit": "length"}
 
 
@@ -107,7 +111,7 @@ class UpstreamBackend:
         self.options = options
 
         # Named, so an upstream that is itself a router can tell forwarded traffic from an editor's.
-        headers = {"Accept": "text/event-stream", "User-Agent": "prompt-router-upstream/0.1"}
+        headers = {"Accept": "text/event-stream", "User-Agent": UPSTREAM_USER_AGENT}
         key_env = getattr(source, "api_key_env", None)
         if key_env:
             key = os.environ.get(key_env)

@@ -19,6 +19,7 @@ import pytest
 from server_harness import isolated_env, live_server
 
 from models.catalog import catalog_from_files
+from models.upstream_backend import UPSTREAM_USER_AGENT
 from router.app import create_app
 from router.settings import Settings
 
@@ -446,26 +447,34 @@ def test_mid_stream_disconnect_stops_the_generation(server):
     assert server.state.pool.counters.cancelled.get("tiny-qwen", 0) >= 1
 
 
-def test_newer_fim_request_from_the_same_client_supersedes_the_older(server):
+@pytest.mark.parametrize("agent", ["llama.vscode-test", UPSTREAM_USER_AGENT])
+def test_newer_fim_request_from_the_same_client_supersedes_the_older(server, agent):
+    """An editor's newer FIM request cancels its older one; a router in front of us speaks for many
+    editors, so its concurrent FIM requests must all be answered."""
     slow = {**LLAMA_VSCODE_FIM, "n_predict": 1900, "t_max_predict_ms": None, "logit_bias": [[int(k), -100] for k in NO_SPECIALS]}
     results: dict[str, dict] = {}
+    headers = {"user-agent": agent}
 
     def first() -> None:
-        with httpx.Client(base_url=server.url, timeout=60) as client:
+        with httpx.Client(base_url=server.url, timeout=60, headers=headers) as client:
             results["old"] = client.post("/infill", json=slow).json()
 
     superseded_before = server.state.superseder.superseded
     thread = threading.Thread(target=first)
     thread.start()
     deadline = time.monotonic() + 10
-    while not server.state.superseder.inflight and time.monotonic() < deadline:
+    while not any(m.generating for m in server.state.pool.status()) and time.monotonic() < deadline:
         time.sleep(0.005)
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, headers=headers) as client:
         results["new"] = client.post("/infill", json={**LLAMA_VSCODE_FIM, "n_predict": 2}).json()
     thread.join(timeout=60)
-    assert server.state.superseder.superseded == superseded_before + 1
-    assert results["old"]["timings"]["predicted_n"] < 1900
     assert results["new"]["timings"]["predicted_n"] <= 2
+    if agent == UPSTREAM_USER_AGENT:
+        assert server.state.superseder.superseded == superseded_before
+        assert results["old"]["timings"]["predicted_n"] >= 100  # ran to its limit: specials are banned
+    else:
+        assert server.state.superseder.superseded == superseded_before + 1
+        assert results["old"]["timings"]["predicted_n"] < 1900
 
 
 # ----------------------------------------------------------------------------- security and limits

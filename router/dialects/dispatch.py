@@ -12,6 +12,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from models.backend import GenerationRequest
+from models.upstream_backend import UPSTREAM_USER_AGENT
 from router.routing import Route
 from router.streaming import ChunkFormat, respond
 
@@ -40,9 +41,13 @@ class Superseder:
         self.superseded = 0
 
     @staticmethod
-    def key(request: Request, dialect: str, slot: Any = None) -> tuple:
+    def key(request: Request, dialect: str, slot: Any = None) -> tuple | None:
+        """The client's identity, or None for a router in front of us (it speaks for many editors)."""
+        agent = request.headers.get("user-agent", "")
+        if agent == UPSTREAM_USER_AGENT:
+            return None
         host = request.client.host if request.client else ""
-        return (dialect, host, request.headers.get("user-agent", ""), slot)
+        return (dialect, host, agent, slot)
 
     def claim(self, key: tuple, gen: Any) -> None:
         old = self.inflight.get(key)
