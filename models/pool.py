@@ -137,17 +137,23 @@ class Generation:
                     while not self._items:
                         self._ready.wait()
                     item = self._items.popleft()
-                if isinstance(item, _Failure):
-                    self._ended = True
-                    raise item.error
-                if isinstance(item, Done):
-                    self._ended = True
-                    yield item
-                    return
+                last = self._settle(item)
                 yield item
+                if last:
+                    return
         finally:
             if not self._ended:
                 self.cancel()
+
+    def _settle(self, item: Any) -> bool:
+        """Raise a failure that came before any event; True when `item` is the last event."""
+        if isinstance(item, _Failure):
+            self._ended = True
+            raise item.error
+        if isinstance(item, Done):
+            self._ended = True
+            return True
+        return False
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._aiterate()
@@ -166,14 +172,10 @@ class Generation:
                 if fut is not None:
                     await fut
                     continue
-                if isinstance(item, _Failure):
-                    self._ended = True
-                    raise item.error
-                if isinstance(item, Done):
-                    self._ended = True
-                    yield item
-                    return
+                last = self._settle(item)
                 yield item
+                if last:
+                    return
         finally:
             with self._lock:
                 self._waiter = None

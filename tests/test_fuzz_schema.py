@@ -7,26 +7,12 @@ that is healthy and idle afterwards. bench/fuzz.py runs the same engine for long
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-
-
-def load_bench(name: str):
-    """bench/NAME.py as a module (bench/ is not a package, and must not shadow ours on sys.path)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
+from bench_loader import load_bench
 
 fuzz = load_bench("fuzz")
 
