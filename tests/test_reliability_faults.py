@@ -140,10 +140,22 @@ def test_disconnect_while_queued_drops_the_request(server):
     deadline = time.monotonic() + 10
     while not any(st.generating for st in pool.status()) and time.monotonic() < deadline:
         time.sleep(0.005)
-    for _ in range(5):
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.post(server.url + "/v1/completions", json={"prompt": "b", "max_tokens": 400}, timeout=0.1)
+    outcomes: list[object] = []
+
+    def leave_while_queued() -> None:
+        try:
+            outcomes.append(httpx.post(server.url + "/v1/completions", json={"prompt": "b", "max_tokens": 400}, timeout=0.1))
+        except httpx.ReadTimeout as exc:
+            outcomes.append(exc)
+
+    # All five at once: the hog takes about a second on a quiet machine, so they must queue behind it.
+    leavers = [threading.Thread(target=leave_while_queued) for _ in range(5)]
+    for t in leavers:
+        t.start()
+    for t in leavers:
+        t.join(30)
     assert any(st.generating for st in pool.status()), "the long request ended too soon for this test"
+    assert len(outcomes) == 5 and all(isinstance(o, httpx.ReadTimeout) for o in outcomes), outcomes
     hog.join(60)
     wait_idle(server)
     after = pool.counters
@@ -326,7 +338,8 @@ from models.backend import BackendOptions, GenerationRequest, SamplingParams
 from models.catalog import catalog_from_files
 from models.llama_backend import LlamaBackend
 path = sys.argv[2]
-backend = LlamaBackend(catalog_from_files({"chat": path}, n_ctx=512).models[0], path, BackendOptions(n_threads=1))
+# n_ctx large enough that the size pre-check lets these through to the tokenizer itself
+backend = LlamaBackend(catalog_from_files({"chat": path}, n_ctx=4096).models[0], path, BackendOptions(n_threads=1))
 for text in ("y" * 100_000, " " * 100_000, "ab" * 60_000):
     request = GenerationRequest(kind="complete", params=SamplingParams(max_tokens=2), prompt=text)
     print(backend.count_prompt_tokens(request), flush=True)
