@@ -156,8 +156,9 @@ class ServerProcess:
 
         self.log = tempfile.NamedTemporaryFile("w+b", prefix=f"bench-{self.name}-", suffix=".log", delete=False)
         env = {**os.environ, **self.env}
+        _stop_servers_on_sigterm()
         self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -200,6 +201,22 @@ class ServerProcess:
         if self.log is not None and not os.environ.get("BENCH_KEEP_LOGS"):
             self.log.close()
             Path(self.log.name).unlink(missing_ok=True)
+
+
+def _die_with_parent() -> None:
+    """In the server's child process: SIGTERM it when the benchmark dies, however it dies (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _stop_servers_on_sigterm() -> None:
+    """`timeout` and CI send SIGTERM: turn it into SystemExit so `running()` stops its servers."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def bench_env(**extra: Any) -> dict[str, str]:
