@@ -44,6 +44,9 @@ TRANSCRIPT_STOPS = ("\nUser:", "\nSystem:")
 # FIM prompts that do not fit are trimmed (as llama.cpp's /infill does), keeping room for this
 # many new tokens (or max_tokens, if smaller) and the prefix:suffix budget at 3:1.
 FIM_RESERVE_TOKENS = 256
+# FIM prompts are evaluated in slices this long, so a superseded request stops within one slice
+# (each extra slice costs about one decode step: weights are streamed once per llama_decode).
+PROMPT_SLICE_TOKENS = 64
 
 
 # ggml_log_level of the bundled llama.cpp: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5.
@@ -272,12 +275,23 @@ class LlamaBackend:
             while cached < limit and previous[cached] == tokens[cached]:
                 cached += 1
             llm.n_tokens = cached
-            llm.eval(tokens[cached:])
+            # Editors supersede their FIM request on every keystroke: evaluate a FIM/completion
+            # prompt in slices and stop between them once cancelled, so the newest request does
+            # not wait behind a stale prompt (bench/burst.py). Chat prompts go in one call.
+            step = PROMPT_SLICE_TOKENS if request.kind != "chat" else len(tokens)
+            for start in range(cached, len(tokens), max(1, step)):
+                if start > cached and cancel.is_set():
+                    break
+                llm.eval(tokens[start:start + step])
         except Exception:
             llm.n_tokens = 0
             raise
         gen_start = time.perf_counter()
         prompt_ms = (gen_start - started) * 1000.0
+        if llm.n_tokens < len(tokens):  # cancelled mid-prompt; the evaluated part stays cached
+            yield Done("cancelled", prompt_tokens=len(tokens), cached_tokens=cached, prompt_ms=prompt_ms,
+                       truncated=prep.truncated)
+            return
         if request.warmup:
             yield Done("stop", prompt_tokens=len(tokens), cached_tokens=cached, prompt_ms=prompt_ms,
                        truncated=prep.truncated)
