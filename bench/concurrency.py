@@ -216,6 +216,8 @@ def main() -> None:
                     "outcomes": {k: kinds.count(k) for k in ("ok", "backpressure", "failed", "misrouted", "empty")},
                     "per_model": per_model, "rss_peak_bytes": max((b for t, b in rss.samples), default=0),
                     "failures": [r for r, k in zip(results, kinds) if k in ("failed", "misrouted")][:10],
+                    "empty_by_label": {lb: sum(k == "empty" and r["label"] == lb for r, k in zip(results, kinds))
+                                       for lb in LABELS},
                 })
                 print(f"{clients} clients: {levels[-1]['outcomes']}", flush=True)
         rss_samples = rss.samples
