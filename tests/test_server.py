@@ -447,11 +447,16 @@ def test_mid_stream_disconnect_stops_the_generation(server):
     assert server.state.pool.counters.cancelled.get("tiny-qwen", 0) >= 1
 
 
-@pytest.mark.parametrize("agent", ["llama.vscode-test", UPSTREAM_USER_AGENT])
-def test_newer_fim_request_from_the_same_client_supersedes_the_older(server, agent):
-    """An editor's newer FIM request cancels its older one; a router in front of us speaks for many
-    editors, so its concurrent FIM requests must all be answered."""
+@pytest.mark.parametrize("agent, other_document, superseded", [
+    ("llama.vscode-test", False, True),  # the same editor typing on: the older request is dropped
+    ("llama.vscode-test", True, False),  # another window with the same User-Agent: both answered
+    (UPSTREAM_USER_AGENT, False, False),  # a router in front of us speaks for many editors
+])
+def test_newer_fim_request_from_the_same_client_supersedes_the_older(server, agent, other_document, superseded):
     slow = {**LLAMA_VSCODE_FIM, "n_predict": 1900, "t_max_predict_ms": None, "logit_bias": [[int(k), -100] for k in NO_SPECIALS]}
+    newer = {**LLAMA_VSCODE_FIM, "n_predict": 2}
+    if other_document:
+        newer["input_prefix"] = "// another file\n" + newer["input_prefix"]
     results: dict[str, dict] = {}
     headers = {"user-agent": agent}
 
@@ -466,15 +471,15 @@ def test_newer_fim_request_from_the_same_client_supersedes_the_older(server, age
     while not any(m.generating for m in server.state.pool.status()) and time.monotonic() < deadline:
         time.sleep(0.005)
     with httpx.Client(base_url=server.url, timeout=60, headers=headers) as client:
-        results["new"] = client.post("/infill", json={**LLAMA_VSCODE_FIM, "n_predict": 2}).json()
+        results["new"] = client.post("/infill", json=newer).json()
     thread.join(timeout=60)
     assert results["new"]["timings"]["predicted_n"] <= 2
-    if agent == UPSTREAM_USER_AGENT:
-        assert server.state.superseder.superseded == superseded_before
-        assert results["old"]["timings"]["predicted_n"] >= 100  # ran to its limit: specials are banned
-    else:
+    if superseded:
         assert server.state.superseder.superseded == superseded_before + 1
         assert results["old"]["timings"]["predicted_n"] < 1900
+    else:
+        assert server.state.superseder.superseded == superseded_before
+        assert results["old"]["timings"]["predicted_n"] >= 100  # ran to its limit: specials are banned
 
 
 # ----------------------------------------------------------------------------- security and limits

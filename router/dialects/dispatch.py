@@ -33,21 +33,26 @@ class Superseder:
     """Newer FIM requests from the same client cancel that client's older one still in flight.
 
     Editors fire a FIM request per keystroke and only the newest matters. A client is its dialect,
-    address, User-Agent and slot id (so two editors on one machine do not cancel each other).
+    address, User-Agent and slot id, and the request must be about the same document (the same
+    head of the prefix): two editor windows with one User-Agent, or a script sending FIM requests
+    in parallel, must never cancel each other's work. Editors that abort (llama.vim kills curl,
+    Continue aborts its fetch) are cancelled by their disconnect whatever this decides.
     """
+
+    DOCUMENT_HEAD_CHARS = 256
 
     def __init__(self) -> None:
         self.inflight: dict[tuple, Any] = {}
         self.superseded = 0
 
     @staticmethod
-    def key(request: Request, dialect: str, slot: Any = None) -> tuple | None:
-        """The client's identity, or None for a router in front of us (it speaks for many editors)."""
+    def key(request: Request, dialect: str, fim: GenerationRequest, slot: Any = None) -> tuple | None:
+        """Who is asking about which document; None for a router in front of us (it speaks for many editors)."""
         agent = request.headers.get("user-agent", "")
         if agent == UPSTREAM_USER_AGENT:
             return None
         host = request.client.host if request.client else ""
-        return (dialect, host, agent, slot)
+        return (dialect, host, agent, slot, fim.prefix[: Superseder.DOCUMENT_HEAD_CHARS])
 
     def claim(self, key: tuple, gen: Any) -> None:
         old = self.inflight.get(key)

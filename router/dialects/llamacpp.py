@@ -227,7 +227,7 @@ async def generate(request: Request, endpoint: str, model_cls: type[LlamaSamplin
     gen_request = req.generation()
     key = None
     if gen_request.kind == "fim" and not gen_request.warmup:
-        key = Superseder.key(request, LLAMACPP, req.id_slot)
+        key = Superseder.key(request, LLAMACPP, gen_request, req.id_slot)
     return await answer(
         request, dialect=LLAMACPP, route=route, gen_request=gen_request, fmt=fmt, stream=req.stream, supersede_key=key
     )

@@ -441,7 +441,7 @@ def build() -> APIRouter:
         key = None
         if req.suffix is not None:
             gen_request = GenerationRequest(kind="fim", params=params, prefix=req.prompt, suffix=req.suffix)
-            key = Superseder.key(request, OLLAMA)
+            key = Superseder.key(request, OLLAMA, gen_request)
         elif req.raw or route.label == "fim":
             # raw, or a prompt that already holds FIM tokens / raw code: never wrap it in a chat template
             gen_request = GenerationRequest(kind="complete", params=params, prompt=req.prompt)

@@ -264,7 +264,7 @@ def build() -> APIRouter:
         key = None
         if req.suffix is not None:
             gen_request = GenerationRequest(kind="fim", params=req.params(16), prefix=req.text, suffix=req.suffix)
-            key = Superseder.key(request, OPENAI, req.id_slot)
+            key = Superseder.key(request, OPENAI, gen_request, req.id_slot)
         else:
             gen_request = GenerationRequest(kind="complete", params=req.params(16), prompt=req.text)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
