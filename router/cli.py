@@ -554,7 +554,7 @@ def parse_model_files(values: list[str] | None) -> dict[str, Path]:
             raise typer.BadParameter(f"no such file: {file}", param_hint="--model")
         if not is_gguf(file):  # e.g. --model fim=../../etc/passwd: never handed to llama.cpp
             raise typer.BadParameter(f"{file} is not a GGUF model file (it does not start with GGUF).", param_hint="--model")
-        files[label] = file.resolve()
+        files[label] = file.absolute()  # not resolve(): an HF cache snapshot link keeps its file name as the model id
     return files
 
 
