@@ -137,7 +137,8 @@ async def one_request(client: httpx.AsyncClient, base: str, label: str, i: int, 
 
 
 async def client_loop(base: str, client_id: int, deadline: float, max_tokens: int, results: list) -> None:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0)) as client:
+    # Each simulated client is its own editor: the router supersedes FIM requests per client.
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), headers={"user-agent": f"bench-editor-{client_id}"}) as client:
         n = client_id
         while time.monotonic() < deadline:
             label = LABELS[n % len(LABELS)]
