@@ -6,6 +6,7 @@ Tests talk to it over TCP with real clients (openai, ollama, httpx), exactly as 
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -68,3 +69,25 @@ def isolated_env(tmp: Path) -> Iterator[None]:
     finally:
         del os.environ["ROUTE_CONFIG_FILE"]
         os.environ.update(saved)
+
+
+def unused_port() -> int:
+    """A loopback port free right now (for servers that must be told their port up front)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_idle(server: LiveServer, timeout_s: float = 15.0) -> None:
+    """Block until the server's pool has nothing running or queued."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(st.generating == 0 and st.queue_depth == 0 for st in server.state.pool.status()):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"pool still busy: {server.state.pool.status()}")
+
+
+def decision_line(stderr: str) -> str:
+    """The routing decision the CLI prints on stderr (llama.cpp may log its own lines around it)."""
+    return next(line for line in stderr.splitlines() if line.startswith("→"))

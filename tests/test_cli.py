@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
+from server_harness import decision_line, unused_port
 from typer.testing import CliRunner
 
 from router.cli import app, compose_prompt, parse_model_files
@@ -21,15 +21,8 @@ from router.settings import setting_sources
 runner = CliRunner()
 
 
-def decision_line(stderr: str) -> str:
-    """The routing decision the CLI prints on stderr (llama.cpp may log its own lines around it)."""
-    return next(line for line in stderr.splitlines() if line.startswith("→"))
 
 
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)

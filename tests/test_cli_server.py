@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,21 +21,14 @@ from typer.testing import CliRunner
 from router.app import create_app
 from router.cli import app
 from router.settings import load_settings
-from server_harness import live_server
+from server_harness import decision_line, live_server, unused_port
 
 runner = CliRunner()
 LABELS = ("code_edit", "fim", "chat", "instruct")
 
 
-def decision_line(stderr: str) -> str:
-    """The routing decision the CLI prints on stderr (llama.cpp may log its own lines around it)."""
-    return next(line for line in stderr.splitlines() if line.startswith("→"))
 
 
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ import httpx
 import openai
 import pytest
 
-from server_harness import isolated_env, live_server
+from server_harness import isolated_env, live_server, wait_idle
 
 from models.catalog import catalog_from_files
 from router.app import create_app
@@ -38,13 +38,6 @@ def make_settings(**overrides) -> Settings:
     return Settings(n_threads=1, n_threads_batch=1, idle_ttl_s=0, **overrides)
 
 
-def wait_idle(server, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if all(st.generating == 0 and st.queue_depth == 0 for st in server.state.pool.status()):
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"pool still busy: {server.state.pool.status()}")
 
 
 def server_tasks(server) -> int:

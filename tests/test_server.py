@@ -16,7 +16,7 @@ import ollama
 import openai
 import pytest
 
-from server_harness import isolated_env, live_server
+from server_harness import isolated_env, live_server, wait_idle
 
 from models.catalog import catalog_from_files
 from models.upstream_backend import UPSTREAM_USER_AGENT
@@ -103,13 +103,6 @@ def oll(server) -> ollama.Client:
     return ollama.Client(host=server.url, timeout=60)
 
 
-def wait_idle(server, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if all(st.generating == 0 and st.queue_depth == 0 for st in server.state.pool.status()):
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"pool still busy: {server.state.pool.status()}")
 
 
 def pool_tokens(server, model_id: str) -> int:
