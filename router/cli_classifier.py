@@ -70,12 +70,13 @@ def _read_request(prompt: str | None, request: Path | None, endpoint: str) -> tu
 
 
 def _decide(prompt, request, endpoint, artifact, shape_only):
+    """(classifier, decision, endpoint, body): the request is read once and handed back for explaining."""
     from classifier import ArtifactError, InvalidRequestShape
 
     endpoint_, body = _read_request(prompt, request, endpoint)
     try:
         classifier = _load_classifier(artifact, shape_only)
-        return classifier, classifier.classify(endpoint_, body), endpoint_
+        return classifier, classifier.classify(endpoint_, body), endpoint_, body
     except InvalidRequestShape as exc:
         raise CliError(f"invalid request for {endpoint_}: {exc}") from None
     except ArtifactError as exc:
@@ -97,7 +98,7 @@ def register(app: typer.Typer) -> None:
         """Print the label the router would pick for a prompt or a request."""
         out, err = Console(), Console(stderr=True)
         try:
-            _, decision, _ = _decide(prompt, request, endpoint, artifact, shape_only)
+            _, decision, _, _ = _decide(prompt, request, endpoint, artifact, shape_only)
         except CliError as exc:
             raise _fail(err, str(exc), "`route classify --help` shows the options.")
         if as_json:
@@ -120,10 +121,9 @@ def register(app: typer.Typer) -> None:
 
         out, err = Console(), Console(stderr=True)
         try:
-            classifier, decision, endpoint_ = _decide(prompt, request, endpoint, artifact, shape_only)
+            classifier, decision, endpoint_, body = _decide(prompt, request, endpoint, artifact, shape_only)
         except CliError as exc:
             raise _fail(err, str(exc), "`route explain --help` shows the options.")
-        _, body = _read_request(prompt, request, endpoint)
         view = read_request(endpoint_, body)
         table = Table(show_header=False, box=None, padding=(0, 2))
         table.add_row("label", f"[bold]{decision.label.value}[/]")
