@@ -42,6 +42,10 @@ from models.errors import (
 )
 
 LOAD_WAIT_S = 120.0
+# A streaming consumer's first token leaves the process before the worker decodes the next one
+# (as a direct generator's would): on a small CPU the next decode's threads otherwise take the
+# cores the event loop needs to send it (bench/serving.py: TTFT). Never longer than this.
+FIRST_TOKEN_HANDOFF_S = 0.010
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,7 @@ class Generation:
         self._waiter: asyncio.Future | None = None
         self._ended = False  # the consumer has seen Done or the failure
         self._load_ms = 0.0
+        self._first_token_out: threading.Event | None = None
 
     # ---- producer side (worker threads) ----
     def _put(self, item: Event | _Failure) -> None:
@@ -116,9 +121,25 @@ class Generation:
         if waiter is not None:
             waiter.get_loop().call_soon_threadsafe(_wake, waiter)
 
+    def _await_first_token_out(self) -> None:
+        """After the first Token: wait (briefly) for a consumer that asked to send it first."""
+        out = self._first_token_out
+        if out is not None:
+            out.wait(FIRST_TOKEN_HANDOFF_S)
+
     # ---- consumer side ----
+    def hand_off_first_token(self) -> None:
+        """Ask the worker to wait, after the first token, until `first_token_sent()` (streaming callers)."""
+        if self._first_token_out is None:
+            self._first_token_out = threading.Event()
+
+    def first_token_sent(self) -> None:
+        if self._first_token_out is not None:
+            self._first_token_out.set()
+
     def cancel(self) -> None:
         """Drop it if still queued; stop it within one token if running. Idempotent."""
+        self.first_token_sent()
         if not self.cancel_event.is_set():
             self.cancel_event.set()
             self._pool._cancel(self)
@@ -611,8 +632,10 @@ class Pool:
                         ev = dataclasses.replace(ev, load_ms=gen._load_ms)
                     gen._put(ev)
                     return ev
-                started = True
                 gen._put(ev)
+                if not started:
+                    started = True
+                    gen._await_first_token_out()
             done = Done("error", error="the backend ended without a final event")
         except RouterError as exc:
             if not started:

@@ -181,6 +181,9 @@ async def respond(
 ) -> Response:
     """Serve one Generation in the caller's dialect (stream or one body)."""
     headers = route_headers(route)
+    first_token_sent = getattr(gen, "first_token_sent", lambda: None)
+    if stream and hasattr(gen, "hand_off_first_token"):
+        gen.hand_off_first_token()
     try:
         active = await start_generation(gen, request)
     except BaseException:
@@ -207,10 +210,14 @@ async def respond(
             head = fmt.head()
             if head:
                 yield head
+            sent_first = False
             async for event in active:
                 if isinstance(event, Token):
                     if event.text:
                         yield fmt.token(event.text)
+                    if not sent_first:  # resumed here once the chunk was handed to the socket
+                        sent_first = True
+                        first_token_sent()
                 elif isinstance(event, Done):
                     done = event
                     break

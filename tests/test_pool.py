@@ -313,3 +313,38 @@ def test_close_cancels_everything_and_frees_models(files):
     pool.close()
     assert list(it)[-1].finish_reason == "cancelled"
     assert not state(pool, "a").loaded
+
+
+def test_a_streaming_consumers_first_token_leaves_before_the_next_decode(files, monkeypatch):
+    import models.pool as pool_module
+
+    monkeypatch.setattr(pool_module, "FIRST_TOKEN_HANDOFF_S", 30.0)  # wait for the signal, not the cap
+    with make_pool(files, "a") as pool:
+        pool.preload("a")
+        request = GenerationRequest("complete", prompt="x", params=SamplingParams(
+            temperature=0.0, max_tokens=5, logit_bias={100: 100.0}))
+        gen = pool.submit("a", request)
+        gen.hand_off_first_token()
+        events = iter(gen)
+        assert isinstance(next(events), Token)
+        time.sleep(0.2)  # a free-running worker would have finished all five tokens by now
+        assert len(gen._items) == 0
+        gen.first_token_sent()
+        rest = list(events)
+        assert len(rest) == 5 and rest[-1].completion_tokens == 5
+
+        # Not asked for (non-streaming callers, the CLI): no waiting at all, even with a 30 s cap.
+        started = time.monotonic()
+        text, done = pool.submit("a", request).collect()
+        assert done.completion_tokens == 5 and time.monotonic() - started < 10
+
+        # A consumer that goes away while the worker waits releases it at once.
+        gen = pool.submit("a", request)
+        gen.hand_off_first_token()
+        events = iter(gen)
+        next(events)
+        started = time.monotonic()
+        gen.cancel()
+        assert list(events)[-1].finish_reason in ("cancelled", "length")
+        pool.submit("a", quick()).collect()  # the worker is free again
+        assert time.monotonic() - started < 10
