@@ -47,6 +47,10 @@ FIM_RESERVE_TOKENS = 256
 # FIM prompts are evaluated in slices this long, so a superseded request stops within one slice
 # (each extra slice costs about one decode step: weights are streamed once per llama_decode).
 PROMPT_SLICE_TOKENS = 64
+# llama.cpp's CPU matrix kernels take a batch's rows in groups of this many; the leftover rows go
+# through another kernel that sums in another order. A cached prefix is reused from a multiple of
+# it, so a prompt's KV cache (and so greedy output) is bit-identical to evaluating it afresh.
+EXACT_ROW_GROUP = 4
 
 
 # ggml_log_level of the bundled llama.cpp: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5.
@@ -131,6 +135,7 @@ class LlamaBackend:
         self._eos_text = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() >= 0 else ""
         self.memory_bytes: int = self.weights_path.stat().st_size + _kv_cache_bytes(metadata, self.n_ctx)
         self._prepared: tuple[GenerationRequest, _Prepared] | None = None
+        self._exact_tokens = 0  # leading KV positions that equal a fresh evaluation of them, bit for bit
         self._max_piece_bytes: int | None = None
         self._closed = False
 
@@ -269,23 +274,26 @@ class LlamaBackend:
         try:
             # Keep the KV cache for the prompt's common prefix with the previous one (editor
             # requests share most of their prompt), at least one token is always evaluated.
-            cached = 0
+            common = 0
             limit = min(llm.n_tokens, len(tokens) - 1)
             previous = llm.input_ids
-            while cached < limit and previous[cached] == tokens[cached]:
-                cached += 1
-            llm.n_tokens = cached
+            while common < limit and previous[common] == tokens[common]:
+                common += 1
             # Editors supersede their FIM request on every keystroke: evaluate a FIM/completion
             # prompt in slices and stop between them once cancelled, so the newest request does
             # not wait behind a stale prompt (bench/burst.py). Chat prompts go in one call.
             step = PROMPT_SLICE_TOKENS if request.kind != "chat" else len(tokens)
-            for start in range(cached, len(tokens), max(1, step)):
+            slices, exact = prompt_slices(len(tokens), common, self._exact_tokens, step)
+            cached = llm.n_tokens = slices[0][0] if slices else common
+            for start, end in slices:
                 if start > cached and cancel.is_set():
                     break
-                llm.eval(tokens[start:start + step])
+                llm.eval(tokens[start:end])
         except Exception:
-            llm.n_tokens = 0
+            llm.n_tokens = self._exact_tokens = 0
             raise
+        if exact:
+            self._exact_tokens = llm.n_tokens - llm.n_tokens % EXACT_ROW_GROUP
         gen_start = time.perf_counter()
         prompt_ms = (gen_start - started) * 1000.0
         if llm.n_tokens < len(tokens):  # cancelled mid-prompt; the evaluated part stays cached
@@ -354,7 +362,7 @@ class LlamaBackend:
                 input_ids[pos] = tok
                 llm.n_tokens = pos + 1
         except Exception:
-            llm.n_tokens = 0  # the KV cache may no longer match input_ids
+            llm.n_tokens = self._exact_tokens = 0  # the KV cache may no longer match input_ids
             raise
         finally:
             sampler.close()
@@ -423,6 +431,28 @@ def _tokenizer_pieces(text: str) -> list[str]:
         return [text]
     bounds = [0, *cuts, len(text)]
     return [text[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def prompt_slices(n_prompt: int, common: int, exact_tokens: int, step: int) -> tuple[list[tuple[int, int]], bool]:
+    """The [start, end) batches that evaluate a prompt whose first `common` tokens are in the KV
+    cache, and whether the result is bit-identical to evaluating the prompt afresh.
+
+    It restarts at a row group (EXACT_ROW_GROUP) inside the part the cache holds exactly, which
+    costs a few tokens; a prompt that goes on into generated tokens (a chat's next turn) reuses
+    them as they are instead, since evaluating them again costs seconds. No batch after the
+    first is one row alone: llama.cpp sums a lone row differently again.
+    """
+    group = EXACT_ROW_GROUP
+    start = min(common - common % group, exact_tokens)
+    if n_prompt - start == 1:
+        start = max(0, start - group)
+    exact = common - start <= 2 * group
+    if not exact:
+        start = common
+    bounds = [*range(start, n_prompt, max(1, step)), n_prompt]
+    if exact and len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        bounds[-2] -= group
+    return list(zip(bounds, bounds[1:])), exact
 
 
 class _Prepared:

@@ -86,3 +86,36 @@ def test_chat_through_the_gguf_template(pool):
         params=SamplingParams(temperature=0.0, max_tokens=8),
     )).collect()
     assert done.finish_reason == "stop" and "OK" in text
+
+
+CACHE_SENSITIVE = [  # middles that used to change with the KV cache's state (bench/fim_dialects.py, 57/60 before)
+    "SingleLineInfilling/HumanEval/148/L4",
+    "SingleLineInfilling/HumanEval/144/L3",
+    "SingleLineInfilling/HumanEval/149/L2",
+    "SingleLineInfilling/HumanEval/16/L0",
+]
+
+
+def test_greedy_fim_does_not_depend_on_what_the_cache_held(pool):
+    if not DATA.is_file():
+        pytest.skip(f"HumanEval-SingleLineInfilling data not found at {DATA}")
+    with gzip.open(DATA, "rt", encoding="utf-8") as f:
+        rows = {r["task_id"]: r for r in map(json.loads, f)}
+    chat = GenerationRequest("chat", messages=({"role": "user", "content": "Hi"},), params=SamplingParams(max_tokens=1))
+
+    def middle(task: str) -> str:
+        problem = rows[task]
+        text, _ = pool.submit("qwen-coder", fim_request("fim", prefix=problem["prompt"], suffix=problem["suffix"])).collect()
+        return text
+
+    differing = {}
+    for i, task in enumerate(CACHE_SENSITIVE):
+        pool.submit("qwen-coder", chat).collect()  # nothing in common: evaluated afresh
+        fresh = middle(task)
+        again = middle(task)  # all but the last tokens cached
+        middle(CACHE_SENSITIVE[i - 1])
+        after_another = middle(task)  # a different problem's prompt cached
+        if not fresh == again == after_another:
+            differing[task] = (fresh, again, after_another)
+    assert not differing, differing
+

@@ -14,7 +14,7 @@ from tiny_gguf import write_tiny_gguf
 from models.backend import BackendOptions, Done, GenerationRequest, SamplingParams, Token
 from models.catalog import LocalSource, ModelSpec
 from models.errors import ContextLengthExceeded, ModelLoadFailed
-from models.llama_backend import LlamaBackend
+from models.llama_backend import EXACT_ROW_GROUP, LlamaBackend, prompt_slices
 
 OPTS = BackendOptions(n_threads=1, n_threads_batch=1)
 BYTE0 = 3  # the tiny vocabulary: <unk> <s> </s>, then <0x00>..<0xFF>
@@ -132,7 +132,8 @@ def test_warmup_evaluates_the_prompt_and_generates_nothing(backend):
     assert tokens == [] and done.completion_tokens == 0 and done.prompt_tokens > 0
     # The evaluated prompt stays in the KV cache: the real request reuses it.
     _, done2 = run(backend, GenerationRequest("fim", prefix="def f(", suffix=")\n", params=SamplingParams(max_tokens=2)))
-    assert done2.cached_tokens == done2.prompt_tokens - 1
+    assert done2.cached_tokens > 0
+    assert done2.prompt_tokens - done2.cached_tokens <= 2 * EXACT_ROW_GROUP  # at most the last row groups again
 
 
 def test_prompt_longer_than_the_context_is_refused_before_any_work(backend):
@@ -193,3 +194,24 @@ def test_no_chat_template_falls_back_to_chatml_when_the_vocab_has_it(tmp_path):
         assert done.prompt_tokens > 0
     finally:
         b.close()
+
+
+@pytest.mark.parametrize("n_prompt,common,exact_tokens", [
+    (300, 299, 300), (301, 300, 300), (302, 301, 300), (303, 302, 300),  # the same prompt again
+    (329, 328, 328), (205, 204, 204),  # ... ending in a lone row after a row group
+    (300, 37, 120), (300, 0, 0), (1, 0, 0), (130, 66, 64), (65, 64, 64), (129, 0, 0),
+])
+def test_prompt_slices_restart_at_a_row_group_and_never_end_on_a_lone_row(n_prompt, common, exact_tokens):
+    slices, exact = prompt_slices(n_prompt, common, exact_tokens, step=64)
+    start = slices[0][0]
+    assert exact and start % EXACT_ROW_GROUP == 0 and start <= min(common, exact_tokens)
+    assert common - start <= 2 * EXACT_ROW_GROUP  # exactness costs a few tokens, never the prompt
+    assert [a for a, _ in slices[1:]] == [b for _, b in slices[:-1]] and slices[-1][1] == n_prompt
+    assert all(a % EXACT_ROW_GROUP == 0 for a, _ in slices)
+    assert n_prompt == 1 or slices[-1][1] - slices[-1][0] > 1
+
+
+def test_prompt_slices_reuse_generated_tokens_as_they_are():
+    # A chat's next turn: the previous answer (generated one token at a time) is in the cache.
+    slices, exact = prompt_slices(900, common=700, exact_tokens=400, step=900)
+    assert not exact and slices == [(700, 900)]
