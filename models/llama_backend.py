@@ -15,7 +15,6 @@ import ctypes
 import functools
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -30,6 +29,7 @@ from models.backend import BackendOptions, Done, Event, GenerationRequest, Sampl
 from models.errors import ContextLengthExceeded, FimNotSupported, InvalidRequest, ModelLoadFailed
 from models.fim import FimPrompt, FimTokens, Piece, build_fim_prompt, detect_fim, translate_fim_prompt
 from models.gguf_header import diagnose_gguf
+from models.prompt_tokenizer import PromptTokenizer
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -122,6 +122,7 @@ class LlamaBackend:
         self._special_ids: dict[str, int | None] = {}
         self._add_bos = bool(llm._model.add_bos_token()) and llm.token_bos() >= 0
         self._bos = llm.token_bos()
+        self._tokenizer = PromptTokenizer(llm)
         metadata = llm.metadata
         self.fim: FimTokens | None = detect_fim(self._has_token, override=getattr(spec, "fim_family", None))
         template = getattr(spec, "chat_template", None) or metadata.get("tokenizer.chat_template")
@@ -384,12 +385,7 @@ class LlamaBackend:
     # ---- vocabulary -----------------------------------------------------------------------------
 
     def _tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
-        if not text:
-            return [self._bos] if add_bos else []
-        ids: list[int] = []
-        for i, piece in enumerate(_tokenizer_pieces(text)):
-            ids += self._llm.tokenize(piece.encode("utf-8"), add_bos=add_bos and i == 0, special=special)
-        return ids
+        return self._tokenizer.tokenize(text, add_bos=add_bos, special=special)
 
     def _token_id(self, text: str) -> int | None:
         """The id of the single token spelled exactly `text` in the vocabulary, if there is one."""
@@ -411,26 +407,6 @@ class LlamaBackend:
         piece = buf.raw[:n]
         self._pieces[tok] = piece
         return piece
-
-
-# Longest run of non-space (or of space) characters handed to llama.cpp's tokenizer in one piece.
-TOKENIZER_RUN_LIMIT = 4096
-_LONG_RUN = re.compile(r"\S{%d,}|\s{%d,}" % (TOKENIZER_RUN_LIMIT, TOKENIZER_RUN_LIMIT))
-
-
-def _tokenizer_pieces(text: str) -> list[str]:
-    """`text` cut inside any run longer than TOKENIZER_RUN_LIMIT; other text is left whole.
-
-    Why: llama.cpp's pre-tokenizer crashes the process (SIGSEGV; measured with Qwen2.5-Coder at
-    ~25k repeated letters or spaces in one prompt), so one request could take the router down.
-    Ordinary prompts have no such run and are tokenized exactly as before.
-    """
-    cuts = [pos for m in _LONG_RUN.finditer(text)
-            for pos in range(m.start() + TOKENIZER_RUN_LIMIT, m.end(), TOKENIZER_RUN_LIMIT)]
-    if not cuts:
-        return [text]
-    bounds = [0, *cuts, len(text)]
-    return [text[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 def prompt_slices(n_prompt: int, common: int, exact_tokens: int, step: int) -> tuple[list[tuple[int, int]], bool]:
