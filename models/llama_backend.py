@@ -283,8 +283,11 @@ class LlamaBackend:
             # Editors supersede their FIM request on every keystroke: evaluate a FIM/completion
             # prompt in slices and stop between them once cancelled, so the newest request does
             # not wait behind a stale prompt (bench/burst.py). Chat prompts go in one call.
-            step = PROMPT_SLICE_TOKENS if request.kind != "chat" else len(tokens)
-            slices, exact = prompt_slices(len(tokens), common, self._exact_tokens, step)
+            # FIM/completion prompts are evaluated bit-exactly (a few tokens more; the same context
+            # gives the same suggestion); a chat re-evaluates only what changed, as llama-server does.
+            chat = request.kind == "chat"
+            step = len(tokens) if chat else PROMPT_SLICE_TOKENS
+            slices, exact = prompt_slices(len(tokens), common, self._exact_tokens, step, exact_reuse=not chat)
             cached = llm.n_tokens = slices[0][0] if slices else common
             for start, end in slices:
                 if start > cached and cancel.is_set():
@@ -293,8 +296,11 @@ class LlamaBackend:
         except Exception:
             llm.n_tokens = self._exact_tokens = 0
             raise
+        group = EXACT_ROW_GROUP
         if exact:
-            self._exact_tokens = llm.n_tokens - llm.n_tokens % EXACT_ROW_GROUP
+            self._exact_tokens = llm.n_tokens - llm.n_tokens % group
+        else:  # what came before the reused prefix is as exact as it was
+            self._exact_tokens = min(self._exact_tokens, cached - cached % group)
         gen_start = time.perf_counter()
         prompt_ms = (gen_start - started) * 1000.0
         if llm.n_tokens < len(tokens):  # cancelled mid-prompt; the evaluated part stays cached
@@ -409,20 +415,22 @@ class LlamaBackend:
         return piece
 
 
-def prompt_slices(n_prompt: int, common: int, exact_tokens: int, step: int) -> tuple[list[tuple[int, int]], bool]:
+def prompt_slices(n_prompt: int, common: int, exact_tokens: int, step: int,
+                  exact_reuse: bool = True) -> tuple[list[tuple[int, int]], bool]:
     """The [start, end) batches that evaluate a prompt whose first `common` tokens are in the KV
     cache, and whether the result is bit-identical to evaluating the prompt afresh.
 
     It restarts at a row group (EXACT_ROW_GROUP) inside the part the cache holds exactly, which
     costs a few tokens; a prompt that goes on into generated tokens (a chat's next turn) reuses
     them as they are instead, since evaluating them again costs seconds. No batch after the
-    first is one row alone: llama.cpp sums a lone row differently again.
+    first is one row alone: llama.cpp sums a lone row differently again. Without `exact_reuse`
+    the whole common prefix is reused (fastest; the output may differ by floating-point ties).
     """
     group = EXACT_ROW_GROUP
     start = min(common - common % group, exact_tokens)
     if n_prompt - start == 1:
         start = max(0, start - group)
-    exact = common - start <= 2 * group
+    exact = exact_reuse and common - start <= 2 * group
     if not exact:
         start = common
     bounds = [*range(start, n_prompt, max(1, step)), n_prompt]

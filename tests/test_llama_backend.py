@@ -215,3 +215,5 @@ def test_prompt_slices_reuse_generated_tokens_as_they_are():
     # A chat's next turn: the previous answer (generated one token at a time) is in the cache.
     slices, exact = prompt_slices(900, common=700, exact_tokens=400, step=900)
     assert not exact and slices == [(700, 900)]
+    # Chats ask for the fastest reuse: the same prompt again evaluates one token.
+    assert prompt_slices(300, common=299, exact_tokens=300, step=300, exact_reuse=False) == ([(299, 300)], False)
