@@ -181,9 +181,8 @@ async def respond(
 ) -> Response:
     """Serve one Generation in the caller's dialect (stream or one body)."""
     headers = route_headers(route)
-    first_token_sent = getattr(gen, "first_token_sent", lambda: None)
-    if stream and hasattr(gen, "hand_off_first_token"):
-        gen.hand_off_first_token()
+    if stream:
+        gen.hand_off_first_token()  # the first chunk is written before the worker decodes on
     try:
         active = await start_generation(gen, request)
     except BaseException:
@@ -217,7 +216,7 @@ async def respond(
                         yield fmt.token(event.text)
                     if not sent_first:  # resumed here once the chunk was handed to the socket
                         sent_first = True
-                        first_token_sent()
+                        gen.first_token_sent()
                 elif isinstance(event, Done):
                     done = event
                     break
