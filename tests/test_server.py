@@ -313,7 +313,9 @@ def test_completion_streams_sse_content_then_stop(http):
         events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
     assert all(e["stop"] is False and "content" in e for e in events[:-1])
     assert events[-1]["stop"] is True and events[-1]["stop_type"] == "limit"
-    assert events[-1]["timings"]["predicted_n"] == 4 == len(events) - 1
+    # A token that ends inside a UTF-8 character (the tiny model samples byte tokens) is held back
+    # until the character is whole, so there may be fewer chunks than tokens, never more.
+    assert events[-1]["timings"]["predicted_n"] == 4 >= len(events) - 1 >= 1
 
 
 def test_health_and_props(http):
