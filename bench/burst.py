@@ -31,9 +31,8 @@ if __package__ in (None, ""):  # run as a file: the repo root, not bench/, goes 
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from bench.common import (  # noqa: E402
-    add_weights_option, weights_from,
-    ROOT, figure, fmt, llama_cpp_server, machine, markdown_table, median, print_table, raw_post,
-    router_server, running, save_figure, verdict, write_results,
+    add_weights_option, figure, fmt, llama_cpp_server, machine, median, raw_post, report_tables, ROOT,
+    router_server, running, save_figure, weights_from, write_results,
 )
 
 SOURCE = ROOT / "models" / "pool.py"
@@ -210,13 +209,12 @@ def report(rows: list[dict], info: dict, args: Any, weights: Path) -> None:
     caption = (f"{args.trials} typed lines, {args.seconds:.0f} s bursts, keystrokes every 50-150 ms, "
                f"prefix {args.n_prefix} / suffix {args.n_suffix} lines, n_predict {args.n_predict}, greedy, "
                f"load {info['load_average']}")
-    print_table("Editor burst: latency of the last keystroke's FIM request", columns, table_rows, caption)
-    target_rows = [[t, verdict(ok)] for t, ok in targets.items()]
-    print_table("Targets", ["target", "met"], target_rows)
+    markdown = report_tables("Editor burst: latency of the last keystroke's FIM request", columns, table_rows,
+                             caption, targets)
     write_results(args.name, {
         "benchmark": "burst", "machine": info, "weights": weights.name, "args": vars(args), "summary": summary,
         "targets": targets, "rows": rows,
-        "markdown": markdown_table(columns, table_rows) + "\n\n" + markdown_table(["target", "met"], target_rows),
+        "markdown": markdown,
     })
     fig, axes = figure(ncols=1, width=6.5)
     ax = axes[0][0]

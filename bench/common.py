@@ -531,6 +531,15 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
+def report_tables(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: str,
+                  targets: dict[str, bool]) -> str:
+    """Print a benchmark's table and its targets table; return both as markdown for the results file."""
+    target_rows = [[t, verdict(ok)] for t, ok in targets.items()]
+    print_table(title, columns, rows, caption)
+    print_table("Targets", ["target", "met"], target_rows)
+    return markdown_table(columns, rows) + "\n\n" + markdown_table(["target", "met"], target_rows)
+
+
 def write_results(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -31,9 +31,8 @@ if __package__ in (None, ""):  # run as a file: the repo root, not bench/, goes 
 import httpx  # noqa: E402
 
 from bench.common import (  # noqa: E402
-    RssSampler, add_weights_option, figure, fmt, gemma_weights, machine, markdown_table, median, metric_by,
-    percentile, print_table, router_server, running, save_figure, scrape, verdict, weights_from, write_catalog,
-    write_results,
+    add_weights_option, figure, fmt, gemma_weights, machine, median, metric_by, percentile, report_tables,
+    router_server, RssSampler, running, save_figure, scrape, weights_from, write_catalog, write_results,
 )
 
 LABELS = ("code_edit", "fim", "chat", "instruct")
@@ -253,16 +252,14 @@ def report(levels: list[dict], info: dict, args: Any, budget: int, idle_rss: int
                f"{args.duration:.0f} s per level, max_tokens {args.max_tokens}, queue {args.queue_size}/model, "
                f"budget {args.budget_mb} MiB; server RSS idle {idle_rss / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB; "
                f"load {info['load_average']}")
-    print_table("Concurrency: mixed labels, one router, two models", columns, rows, caption)
-    target_rows = [[t, verdict(ok)] for t, ok in targets.items()]
-    print_table("Targets", ["target", "met"], target_rows)
+    markdown = report_tables("Concurrency: mixed labels, one router, two models", columns, rows, caption, targets)
     write_results(args.name, {
         "benchmark": "concurrency", "machine": info, "args": vars(args), "budget_bytes": budget,
         "idle_rss_bytes": idle_rss, "peak_rss_bytes": peak, "levels": levels, "targets": targets,
         "rss_samples": rss_samples[::4],
         "loads": metric_by(metrics_end, "router_model_loads_total", "model"),
         "evictions": metric_by(metrics_end, "router_model_evictions_total", "model"),
-        "markdown": markdown_table(columns, rows) + "\n\n" + markdown_table(["target", "met"], target_rows),
+        "markdown": markdown,
     })
     fig, axes = figure(ncols=2, width=5.0)
     ax = axes[0][0]

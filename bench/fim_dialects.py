@@ -31,8 +31,8 @@ if __package__ in (None, ""):  # run as a file: the repo root, not bench/, goes 
 import httpx  # noqa: E402
 
 from bench.common import (  # noqa: E402
-    add_weights_option, direct_llama, figure, machine, markdown_table, print_table, router_server, running,
-    save_figure, verdict, weights_from, write_results,
+    add_weights_option, direct_llama, figure, machine, report_tables, router_server, running, save_figure,
+    verdict, weights_from, write_results,
 )
 from bench.fim import DATA, load_problems, one_line, passes  # noqa: E402
 
@@ -189,14 +189,12 @@ def report(problems: list[dict], middles: dict, results: dict, info: dict, args:
                all(summary[k]["same_middle_as_direct"] == n for k in summary if k.startswith("router"))}
     caption = (f"HumanEval-SingleLineInfilling, {n} problems (seed {args.seed}, bench/fim.py's sample), "
                f"{weights.name}, greedy, stop at the first newline, max_tokens {args.max_tokens}")
-    print_table("FIM pass rate by dialect", columns, rows, caption)
-    target_rows = [[t, verdict(ok)] for t, ok in targets.items()]
-    print_table("Targets", ["target", "met"], target_rows)
+    markdown = report_tables("FIM pass rate by dialect", columns, rows, caption, targets)
     write_results(args.name, {
         "benchmark": "fim_dialects", "machine": info, "weights": weights.name, "args": vars(args),
         "data": "openai/human-eval-infilling HumanEval-SingleLineInfilling (MIT)", "summary": summary,
         "targets": targets,
-        "markdown": markdown_table(columns, rows) + "\n\n" + markdown_table(["target", "met"], target_rows),
+        "markdown": markdown,
         "problems": [{"task_id": p["task_id"], **{name: {"middle": middles[name][i], "passed": results[name][i]}
                                                   for name in middles}} for i, p in enumerate(problems)],
     })

@@ -28,9 +28,8 @@ if __package__ in (None, ""):  # run as a file: the repo root, not bench/, goes 
 import httpx  # noqa: E402
 
 from bench.common import (  # noqa: E402
-    add_weights_option, weights_from,
-    Timed, direct_llama, figure, fmt, llama_cpp_server, machine, markdown_table, median, post_json,
-    post_stream, print_table, router_server, running, save_figure, verdict, write_results,
+    add_weights_option, direct_llama, figure, fmt, llama_cpp_server, machine, median, post_json, post_stream,
+    report_tables, router_server, running, save_figure, Timed, weights_from, write_results,
 )
 
 PROMPTS: list[str] = [
@@ -200,14 +199,12 @@ def report(rows: list[dict], info: dict, args: Any, weights: Any, rss: dict) -> 
     caption = (f"{n_requests} prompts x (stream, no stream, {args.cached_reps} x stream again with the prompt cached), "
                f"max_tokens={args.max_tokens}, greedy, {info['n_threads']} threads, "
                f"load {info['load_average']}")
-    print_table("Serving overhead (medians of per-request ratios against direct llama-cpp-python)",
-                columns, table_rows, caption)
-    target_rows = [[t, verdict(ok)] for t, ok in targets.items()]
-    print_table("Targets", ["target", "met"], target_rows)
+    markdown = report_tables("Serving overhead (medians of per-request ratios against direct llama-cpp-python)",
+                             columns, table_rows, caption, targets)
     write_results(args.name, {
         "benchmark": "serving", "machine": info, "weights": weights.name, "max_tokens": args.max_tokens,
         "reps": args.reps, "summary": summary, "targets": targets, "server_rss_bytes": rss,
-        "markdown": markdown_table(columns, table_rows) + "\n\n" + markdown_table(["target", "met"], target_rows),
+        "markdown": markdown,
         "rows": rows,
     })
     plot(summary, args.name)
