@@ -280,11 +280,10 @@ class LlamaBackend:
             previous = llm.input_ids
             while common < limit and previous[common] == tokens[common]:
                 common += 1
-            # Editors supersede their FIM request on every keystroke: evaluate a FIM/completion
-            # prompt in slices and stop between them once cancelled, so the newest request does
-            # not wait behind a stale prompt (bench/burst.py). Chat prompts go in one call.
-            # FIM/completion prompts are evaluated bit-exactly (a few tokens more; the same context
-            # gives the same suggestion); a chat re-evaluates only what changed, as llama-server does.
+            # Editors supersede their FIM request on every keystroke: a FIM/completion prompt is
+            # evaluated in slices, stopping between them once cancelled (bench/burst.py), and
+            # bit-exactly (the same context gives the same suggestion). A chat goes in one call
+            # and re-evaluates only what changed, as llama-server does.
             chat = request.kind == "chat"
             step = len(tokens) if chat else PROMPT_SLICE_TOKENS
             slices, exact = prompt_slices(len(tokens), common, self._exact_tokens, step, exact_reuse=not chat)
@@ -296,11 +295,9 @@ class LlamaBackend:
         except Exception:
             llm.n_tokens = self._exact_tokens = 0
             raise
-        group = EXACT_ROW_GROUP
-        if exact:
-            self._exact_tokens = llm.n_tokens - llm.n_tokens % group
-        else:  # what came before the reused prefix is as exact as it was
-            self._exact_tokens = min(self._exact_tokens, cached - cached % group)
+        # Without an exact restart, only what lies before the reused prefix stays as exact as it was.
+        exact_end = llm.n_tokens if exact else min(self._exact_tokens, cached)
+        self._exact_tokens = exact_end - exact_end % EXACT_ROW_GROUP
         gen_start = time.perf_counter()
         prompt_ms = (gen_start - started) * 1000.0
         if llm.n_tokens < len(tokens):  # cancelled mid-prompt; the evaluated part stays cached
