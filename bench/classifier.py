@@ -43,7 +43,7 @@ from rich.table import Table  # noqa: E402
 
 from classifier import Classifier, Label  # noqa: E402
 from classifier.evaluate import EvalReport, read_eval_file, score  # noqa: E402
-from classifier.request_view import read_request  # noqa: E402
+from classifier.request_view import RequestView, read_request  # noqa: E402
 from classifier.shape import conversation_label, shape_decision  # noqa: E402
 from classifier.train import DEV_FILE, TRAIN_FILE  # noqa: E402
 
@@ -66,13 +66,17 @@ def keyword_is_code(text: str) -> bool:
     return len(_CODE_WORDS.findall(text[:2000])) >= 2
 
 
+def shape_label(view: RequestView) -> str | None:
+    """The shape rules' label when they decide (the baselines run them first when asked to)."""
+    decided = shape_decision(view)
+    return None if decided is None else decided.label.value
+
+
 def keyword_router(with_shape: bool) -> Predict:
     def predict(endpoint: str, body: dict) -> str:
         view = read_request(endpoint, body)
-        if with_shape:
-            decided = shape_decision(view)
-            if decided is not None:
-                return decided.label.value
+        if with_shape and (label := shape_label(view)) is not None:
+            return label
         return conversation_label(view, keyword_is_code(view.current))[0].value
 
     return predict
@@ -111,9 +115,8 @@ class EmbeddingRouter:
         def predict(endpoint: str, body: dict) -> str:
             view = read_request(endpoint, body)
             if with_shape:
-                decided = shape_decision(view)
-                if decided is not None:
-                    return decided.label.value
+                if (label := shape_label(view)) is not None:
+                    return label
                 code = self.label_of(view.current + "\n" + view.context) == Label.code_edit.value
                 return conversation_label(view, code)[0].value
             if view.current.strip():
