@@ -44,6 +44,8 @@ from rich.table import Table  # noqa: E402
 from classifier import Classifier, Label  # noqa: E402
 from classifier.evaluate import EvalReport, read_eval_file, score  # noqa: E402
 from classifier.request_view import RequestView, read_request  # noqa: E402
+from models.request import Request  # noqa: E402
+from router.dialects.endpoints import parse_request  # noqa: E402
 from classifier.shape import conversation_label, shape_decision  # noqa: E402
 from classifier.train import DEV_FILE, TRAIN_FILE  # noqa: E402
 
@@ -51,7 +53,7 @@ RESULTS = ROOT / "bench" / "results" / "classifier.json"
 SEED = 0
 WARMUP = 20
 
-Predict = Callable[[str, dict], str]
+Predict = Callable[[Request], str]
 
 _CODE_WORDS = re.compile(
     r"```|\b(?:code|function|def|class|method|variable|bug|debug|error|exception|compile|script|program|"
@@ -73,8 +75,8 @@ def shape_label(view: RequestView) -> str | None:
 
 
 def keyword_router(with_shape: bool) -> Predict:
-    def predict(endpoint: str, body: dict) -> str:
-        view = read_request(endpoint, body)
+    def predict(request: Request) -> str:
+        view = read_request(request)
         if with_shape and (label := shape_label(view)) is not None:
             return label
         return conversation_label(view, keyword_is_code(view.current))[0].value
@@ -112,8 +114,8 @@ class EmbeddingRouter:
         return str(self.logreg.predict(self.embed([text], batch_size=1))[0])
 
     def router(self, with_shape: bool) -> Predict:
-        def predict(endpoint: str, body: dict) -> str:
-            view = read_request(endpoint, body)
+        def predict(request: Request) -> str:
+            view = read_request(request)
             if with_shape:
                 if (label := shape_label(view)) is not None:
                     return label
@@ -134,7 +136,7 @@ def embedding_training_set(limit: int | None) -> tuple[list[str], list[str]]:
     if limit:
         rows = rows[:: max(1, len(rows) // limit)]
     for row in rows:
-        view = read_request("/v1/chat/completions", {"messages": row["messages"]})
+        view = read_request(parse_request("/v1/chat/completions", {"messages": row["messages"]}))
         texts.append(view.current)
         labels.append(row["label"])
         if row["source"] == "commitpackft_octopack_sample":
@@ -147,13 +149,13 @@ def embedding_training_set(limit: int | None) -> tuple[list[str], list[str]]:
 
 def run_router(name: str, predict: Predict, items, console: Console) -> EvalReport:
     for item in items[:WARMUP]:
-        predict(item.endpoint, item.body)
+        predict(item.request)
     truth, predicted, latencies = [], [], []
     clock = time.perf_counter
     with console.status(f"{name}: {len(items):,} requests"):
         for item in items:
             start = clock()
-            label = predict(item.endpoint, item.body)
+            label = predict(item.request)
             latencies.append((clock() - start) * 1000.0)
             truth.append(item.label.value)
             predicted.append(label)
@@ -168,14 +170,14 @@ def main() -> None:
     args = parser.parse_args()
     console = Console(width=180)  # the table is wide; do not wrap it when stdout is not a terminal
 
-    items, skipped = read_eval_file(DEV_FILE)
+    items, skipped = read_eval_file(DEV_FILE, parse_request)
     if args.limit and args.limit < len(items):
         items = sorted(random.Random(SEED).sample(items, args.limit), key=lambda item: item.line)
     console.print(f"held-out requests: {len(items):,} from {DEV_FILE.relative_to(ROOT)}")
 
     ours = Classifier.load()
     routers: list[tuple[str, Predict]] = [
-        ("ours (shape + TF-IDF/LR)", lambda e, b: ours.classify(e, b).label.value),
+        ("ours (shape + TF-IDF/LR)", lambda request: ours.classify(request).label.value),
         ("keyword (text only)", keyword_router(with_shape=False)),
         ("keyword + our shape rules", keyword_router(with_shape=True)),
     ]

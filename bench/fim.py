@@ -29,7 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.backend import BackendOptions, Done, GenerationRequest, SamplingParams  # noqa: E402
+from models.backend import BackendOptions  # noqa: E402
+from models.events import Finish, TextDelta  # noqa: E402
+from models.request import Request, SamplingParams  # noqa: E402
 from models.catalog import LocalSource, ModelSpec  # noqa: E402
 from models.llama_backend import LlamaBackend  # noqa: E402
 
@@ -88,21 +90,21 @@ def run_ours(model: Path, problems: list[dict], max_tokens: int, threads: int) -
     out = []
     try:
         for p in problems:
-            request = GenerationRequest(
+            request = Request(
                 "fim", prefix=p["prompt"], suffix=p["suffix"],
                 params=SamplingParams(temperature=0.0, max_tokens=max_tokens, stop=("\n",)),
             )
             started = time.perf_counter()
             parts, done = [], None
             for ev in backend.generate(request, threading.Event()):
-                if isinstance(ev, Done):
+                if isinstance(ev, Finish):
                     done = ev
-                else:
+                elif isinstance(ev, TextDelta):
                     parts.append(ev.text)
             out.append({
                 "task_id": p["task_id"], "middle": one_line("".join(parts)), "seconds": time.perf_counter() - started,
-                "completion_tokens": done.completion_tokens, "predicted_ms": done.predicted_ms,
-                "prompt_tokens": done.prompt_tokens,
+                "completion_tokens": done.usage.completion_tokens, "predicted_ms": done.usage.predicted_ms,
+                "prompt_tokens": done.usage.prompt_tokens,
             })
     finally:
         backend.close()

@@ -7,6 +7,6 @@ text model decides "code work or not" for the rest. See DESIGN.md for the label 
 from classifier.classify import Classifier
 from classifier.decision import Decision
 from classifier.errors import ArtifactError, InvalidRequestShape
-from classifier.labels import Label
+from models.labels import Label
 
 __all__ = ["ArtifactError", "Classifier", "Decision", "InvalidRequestShape", "Label"]

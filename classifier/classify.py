@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from classifier.code_shape import code_line_count
 from classifier.decision import Decision
@@ -11,6 +10,7 @@ from classifier.features import compose_document
 from classifier.model import DEFAULT_ARTIFACT, TextModel
 from classifier.request_view import RequestView, read_request
 from classifier.shape import conversation_label, shape_decision
+from models.request import Request
 
 
 class Classifier:
@@ -33,9 +33,10 @@ class Classifier:
     def mode(self) -> str:
         return "shape+text" if self.text_model is not None else "shape-only"
 
-    def classify(self, endpoint: str, body: Any) -> Decision:
-        """The decision for one request; raises InvalidRequestShape for a malformed one."""
-        view = read_request(endpoint, body)
+    def classify(self, request: Request) -> Decision:
+        """The decision for one request (as a dialect adapter parsed it); raises InvalidRequestShape
+        when it holds nothing to classify (no user turn, an empty one)."""
+        view = read_request(request)
         decided = shape_decision(view)
         if decided is not None:
             return decided

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from classifier.labels import Label
+from models.labels import Label
 
 
 @dataclass(frozen=True, slots=True)

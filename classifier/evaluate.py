@@ -1,5 +1,9 @@
 """Evaluation on request-shaped JSONL (`{"endpoint", "body", "label"}` a line): per-label
-precision/recall/F1, macro-F1, confusion matrix and warm in-process latency per request."""
+precision/recall/F1, macro-F1, confusion matrix and warm in-process latency per request.
+
+Bodies are parsed by the caller's `parse` (the router's dialect adapters, `route eval` passes
+them), so evaluation reads requests by the very rules serving does. Latency is the classifier's
+own: parsing is the adapters' cost, paid the same with or without routing."""
 
 from __future__ import annotations
 
@@ -7,22 +11,26 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from classifier.classify import Classifier
 from classifier.errors import InvalidRequestShape
-from classifier.labels import LABELS, Label
+from models.errors import RouterError
+from models.labels import LABELS, Label
+from models.request import Request
 
 WARMUP_REQUESTS = 20
+# (endpoint, body) -> the internal Request; raises RouterError for a body its adapter refuses.
+Parse = Callable[[str, dict], Request]
 
 
 @dataclass(frozen=True, slots=True)
 class EvalItem:
     line: int
-    endpoint: str
-    body: dict
+    request: Request
     label: Label
 
 
@@ -48,7 +56,7 @@ class EvalReport:
         }
 
 
-def read_eval_file(path: Path) -> tuple[list[EvalItem], list[tuple[int, str]]]:
+def read_eval_file(path: Path, parse: Parse) -> tuple[list[EvalItem], list[tuple[int, str]]]:
     """Parse an eval file; a line that cannot be read is reported (line number, why), not fatal."""
     items: list[EvalItem] = []
     skipped: list[tuple[int, str]] = []
@@ -65,7 +73,12 @@ def read_eval_file(path: Path) -> tuple[list[EvalItem], list[tuple[int, str]]]:
             if problem:
                 skipped.append((number, problem))
                 continue
-            items.append(EvalItem(number, obj["endpoint"], obj["body"], Label(obj["label"])))
+            try:
+                request = parse(obj["endpoint"], obj["body"])
+            except RouterError as exc:
+                skipped.append((number, f"invalid request: {exc.message}"))
+                continue
+            items.append(EvalItem(number, request, Label(obj["label"])))
     return items, skipped
 
 
@@ -81,13 +94,13 @@ def _line_problem(obj: Any) -> str | None:
     return None
 
 
-def evaluate(classifier, items: Iterable[EvalItem], skipped: list[tuple[int, str]] | None = None) -> EvalReport:
+def evaluate(classifier: Classifier, items: Iterable[EvalItem], skipped: list[tuple[int, str]] | None = None) -> EvalReport:
     """Classify every item (after a short warm-up), time each call, and score the labels."""
     items = list(items)
     skipped = list(skipped or [])
     for item in items[:WARMUP_REQUESTS]:
         try:
-            classifier.classify(item.endpoint, item.body)
+            classifier.classify(item.request)
         except InvalidRequestShape:
             pass
     truth: list[str] = []
@@ -98,7 +111,7 @@ def evaluate(classifier, items: Iterable[EvalItem], skipped: list[tuple[int, str
     for item in items:
         start, cpu_start = clock(), cpu_clock()
         try:
-            decision = classifier.classify(item.endpoint, item.body)
+            decision = classifier.classify(item.request)
         except InvalidRequestShape as exc:
             skipped.append((item.line, f"invalid request: {exc}"))
             continue
@@ -118,8 +131,8 @@ def _percentiles(values_ms: list[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(values_ms, 50)), "p99": float(np.percentile(values_ms, 99))}
 
 
-def evaluate_file(classifier, path: Path) -> EvalReport:
-    items, skipped = read_eval_file(path)
+def evaluate_file(classifier: Classifier, path: Path, parse: Parse) -> EvalReport:
+    items, skipped = read_eval_file(path, parse)
     return evaluate(classifier, items, skipped)
 
 

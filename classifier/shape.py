@@ -9,7 +9,7 @@ from __future__ import annotations
 from classifier.code_shape import looks_like_code
 from classifier.decision import Decision
 from classifier.fim_tokens import find_fim_family, find_hole_marker
-from classifier.labels import Label
+from models.labels import Label
 from classifier.request_view import RequestView
 
 
@@ -25,8 +25,6 @@ def shape_decision(view: RequestView) -> Decision | None:
     marker = find_hole_marker(view.scan)
     if marker:
         return Decision(Label.fim, 0.95, [f"shape: prompt holds the hole marker {marker}: chat-based fill-in-the-middle"])
-    if view.token_prompt:
-        return Decision(Label.fim, 0.9, ["shape: raw completion prompt given as token ids"])
     if view.raw_prompt:
         if view.empty_prompt:
             return Decision(Label.instruct, 0.5, ["shape: empty prompt (a load/unload request): nothing to classify"])

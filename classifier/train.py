@@ -16,11 +16,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from classifier.classify import Classifier
 from classifier.dataset import DATA_DIR, GENERIC_SYSTEM_PROMPTS
 from classifier.errors import InvalidRequestShape
-from classifier.evaluate import EvalReport, evaluate_file
+from classifier.evaluate import EvalReport, Parse, evaluate_file
 from classifier.features import compose_document
-from classifier.labels import Label
 from classifier.model import CODE, DEFAULT_ARTIFACT, OTHER, TextModel, build_pipeline
 from classifier.request_view import read_request
+from models.labels import Label
 
 TRAIN_FILE = DATA_DIR / "train.jsonl"
 DEV_FILE = DATA_DIR / "dev.jsonl"
@@ -35,15 +35,15 @@ class TrainResult:
     dev: EvalReport | None
 
 
-def training_documents(rows: list[dict], seed: int) -> tuple[list[str], list[str]]:
-    """Each row read exactly as a live /v1/chat/completions request is read, so train == serve."""
+def training_documents(rows: list[dict], seed: int, parse: Parse) -> tuple[list[str], list[str]]:
+    """Each row parsed and read exactly as a live /v1/chat/completions request is, so train == serve."""
     rng = random.Random(seed)
     documents, targets = [], []
     for row in rows:
         messages = row["messages"]
         if rng.random() < SYSTEM_PROMPT_RATE:
             messages = [{"role": "system", "content": rng.choice(GENERIC_SYSTEM_PROMPTS)}] + messages
-        view = read_request("/v1/chat/completions", {"messages": messages})
+        view = read_request(parse("/v1/chat/completions", {"messages": messages}))
         documents.append(compose_document(view.current, view.context))
         targets.append(CODE if row["label"] == Label.code_edit.value else OTHER)
     return documents, targets
@@ -63,6 +63,7 @@ def _read_rows(path: Path) -> list[dict]:
 
 
 def train(
+    parse: Parse,
     out: Path = DEFAULT_ARTIFACT,
     data: Path = TRAIN_FILE,
     dev: Path | None = DEV_FILE,
@@ -70,7 +71,9 @@ def train(
     progress: bool = True,
     console: Console | None = None,
 ) -> TrainResult:
-    """Fit, evaluate on `dev` (held-out sources), save to `out`; same inputs + seed -> same model."""
+    """Fit, evaluate on `dev` (held-out sources), save to `out`; same inputs + seed -> same model.
+
+    `parse` turns (endpoint, body) into the internal Request: the router's dialect adapters."""
     console = console or Console(stderr=True)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=not progress, transient=False) as bar:
@@ -83,7 +86,7 @@ def train(
         documents, targets = [], []
         rng_seed = seed
         for start in range(0, len(rows), 256):
-            chunk_docs, chunk_targets = training_documents(rows[start : start + 256], rng_seed + start)
+            chunk_docs, chunk_targets = training_documents(rows[start : start + 256], rng_seed + start, parse)
             documents += chunk_docs
             targets += chunk_targets
             bar.advance(task, len(chunk_docs))
@@ -103,7 +106,7 @@ def train(
         report = None
         if dev is not None and Path(dev).is_file():
             task = bar.add_task("evaluating on held-out dev requests", total=1)
-            report = evaluate_file(Classifier(model), Path(dev))
+            report = evaluate_file(Classifier(model), Path(dev), parse)
             model.meta["dev"] = {"n": report.n, "macro_f1": round(report.macro_f1, 4)}
             bar.update(task, completed=1)
 

@@ -18,12 +18,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# The four routing labels (classifier.Label spells the same values; models never imports classifier).
-LABELS: tuple[str, ...] = ("code_edit", "fim", "chat", "instruct")
-LabelName = Literal["code_edit", "fim", "chat", "instruct"]
+from models.labels import LABELS, Label
 
 # Names a model id may not take: the router reads them as "route it" or "that label's model".
-RESERVED_IDS = frozenset({"auto", *LABELS})
+RESERVED_IDS = frozenset({"auto", *(label.value for label in LABELS)})
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -144,7 +142,7 @@ class ModelSpec(_Strict):
     """One model: where its weights come from and what it serves."""
 
     id: str
-    labels: list[LabelName] = Field(default_factory=list)
+    labels: list[Label] = Field(default_factory=list)
     source: Source
     n_ctx: int = Field(4096, gt=0)
     n_gpu_layers: int = Field(0, ge=-1, description="-1 offloads every layer.")
@@ -175,6 +173,15 @@ class ModelSpec(_Strict):
         if isinstance(src, HFSource) and src.size_bytes and self.size_bytes and src.size_bytes != self.size_bytes:
             raise ValueError(f"size_bytes {self.size_bytes} disagrees with source.size_bytes {src.size_bytes}")
         return self
+
+    @property
+    def source_path(self) -> str:
+        """Where the weights are, as llama-server's /props `model_path` names it ("" for an upstream)."""
+        if isinstance(self.source, LocalSource):
+            return str(self.source.path)
+        if isinstance(self.source, HFSource):
+            return self.source.file
+        return ""
 
     @property
     def weights_bytes(self) -> int | None:
@@ -211,9 +218,8 @@ class Catalog(_Strict):
         return next((m for m in self.models if m.id == model_id), None)
 
     def for_label(self, label: str) -> ModelSpec | None:
-        """The first model serving `label` (a label string or a str Enum), or None."""
-        value = getattr(label, "value", label)
-        return next((m for m in self.models if value in m.labels), None)
+        """The first model serving `label` (a Label compares equal to its name), or None."""
+        return next((m for m in self.models if label in m.labels), None)
 
     def ids(self) -> list[str]:
         """Model ids in catalog order."""
@@ -338,9 +344,8 @@ def catalog_from_files(files: Mapping[str, str | os.PathLike[str]], *, n_ctx: in
     every label mapped to it, id from the file name. Existence is checked by the pool at load."""
     by_path: dict[Path, list[str]] = {}
     for label, raw in files.items():
-        label = getattr(label, "value", label)
         if label not in LABELS:
-            raise CatalogError(f"unknown label {label!r} in --model; labels: {', '.join(LABELS)}")
+            raise CatalogError(f"unknown label {str(label)!r} in --model; labels: {', '.join(LABELS)}")
         path = Path(os.path.expanduser(os.fspath(raw))).absolute()
         by_path.setdefault(path, []).append(label)
     taken: set[str] = set()

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from models.backend import Backend, BackendOptions
+from models.catalog import ModelSpec, UpstreamSource
 from models.errors import ModelLoadFailed
 
 
-def create_backend(spec: Any, weights: Path | None, options: BackendOptions) -> Backend:
+def create_backend(spec: ModelSpec, weights: Path | None, options: BackendOptions) -> Backend:
     """Build (load) the backend for `spec`; `weights` is the resolved GGUF path (None for upstreams).
 
     Imports are lazy: an upstream-only setup never loads llama.cpp, and a files-only one never
     imports the HTTP client.
     """
-    kind = getattr(spec.source, "kind", None)
-    if kind == "upstream":
+    if isinstance(spec.source, UpstreamSource):
         from models.upstream_backend import UpstreamBackend
 
         return UpstreamBackend(spec, options)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from models.backend import FimFile
+from models.request import FimFile
 from models.errors import FimNotSupported
 
 Order = Literal["psm", "spm"]

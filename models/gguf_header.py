@@ -7,6 +7,7 @@ file gets a message that names the cause and the fix instead of a bare "failed t
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -136,17 +137,33 @@ def read_metadata(path: Path, wanted: set[str]) -> dict[str, object]:
     return found
 
 
-def kv_cache_bytes(path: Path, n_ctx: int) -> int:
-    """f16 K and V for every layer and position of an `n_ctx` context (0 if the header lacks the sizes)."""
-    keys = {"{arch}.block_count", "{arch}.embedding_length", "{arch}.attention.head_count",
-            "{arch}.attention.head_count_kv"}
+KV_KEYS = frozenset({
+    "{arch}.block_count", "{arch}.embedding_length", "{arch}.attention.head_count",
+    "{arch}.attention.head_count_kv", "{arch}.attention.key_length", "{arch}.attention.value_length",
+})
+
+
+def kv_cache_bytes(metadata: Mapping[str, object], n_ctx: int) -> int:
+    """f16 K and V for every layer and position of an `n_ctx` context (0 if the metadata lacks the sizes).
+
+    The one formula: the pool's estimate before a load and the loaded model's size both use it.
+    """
     try:
-        meta = read_metadata(path, keys)
-        arch = meta["general.architecture"]
-        n_layer = int(meta[f"{arch}.block_count"])
-        n_embd = int(meta[f"{arch}.embedding_length"])
-        n_head = int(meta[f"{arch}.attention.head_count"])
-        n_head_kv = int(meta.get(f"{arch}.attention.head_count_kv", n_head))
-        return n_ctx * n_layer * n_head_kv * (n_embd // n_head) * 2 * 2
-    except (GGUFError, OSError, KeyError, ValueError, ZeroDivisionError):
+        arch = metadata["general.architecture"]
+        n_layer = int(metadata[f"{arch}.block_count"])
+        n_embd = int(metadata[f"{arch}.embedding_length"])
+        n_head = int(metadata[f"{arch}.attention.head_count"])
+        n_head_kv = int(metadata.get(f"{arch}.attention.head_count_kv", n_head))
+        k_len = int(metadata.get(f"{arch}.attention.key_length", n_embd // n_head))
+        v_len = int(metadata.get(f"{arch}.attention.value_length", n_embd // n_head))
+        return n_ctx * n_layer * n_head_kv * (k_len + v_len) * 2
+    except (KeyError, ValueError, TypeError, ZeroDivisionError):
+        return 0
+
+
+def file_kv_cache_bytes(path: Path, n_ctx: int) -> int:
+    """kv_cache_bytes for a GGUF file not loaded yet, from its header alone."""
+    try:
+        return kv_cache_bytes(read_metadata(path, set(KV_KEYS)), n_ctx)
+    except (GGUFError, OSError):
         return 0

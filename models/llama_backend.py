@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import dataclasses
 import functools
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -25,11 +25,16 @@ from typing import Any
 import llama_cpp
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from models.backend import BackendOptions, Done, Event, GenerationRequest, SamplingParams, Token
+from models.backend import BackendOptions
+from models.capabilities import Capabilities
+from models.catalog import ModelSpec
+from models.chat_messages import template_messages
 from models.errors import ContextLengthExceeded, FimNotSupported, InvalidRequest, ModelLoadFailed
+from models.events import Event, Finish, TextDelta, Usage
 from models.fim import FimPrompt, FimTokens, Piece, build_fim_prompt, detect_fim, translate_fim_prompt
-from models.gguf_header import diagnose_gguf
+from models.gguf_header import diagnose_gguf, kv_cache_bytes
 from models.prompt_tokenizer import PromptTokenizer
+from models.request import Message, Request, SamplingParams
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -80,7 +85,7 @@ class LlamaBackend:
 
     parallel = 1
 
-    def __init__(self, spec: Any, weights_path: Path | str, options: BackendOptions | None = None) -> None:
+    def __init__(self, spec: ModelSpec, weights_path: Path | str, options: BackendOptions | None = None) -> None:
         options = options or BackendOptions()
         _route_llama_logs()
         self.model_id: str = spec.id
@@ -91,13 +96,13 @@ class LlamaBackend:
                 f"Model {self.model_id!r} cannot load: its GGUF file {self.weights_path} does not exist.",
                 model=self.model_id,
             )
-        n_ctx = int(spec.n_ctx)
+        n_ctx = spec.n_ctx
         try:
             self._llm = llama_cpp.Llama(
                 str(self.weights_path),
                 n_ctx=n_ctx,
                 n_batch=min(512, n_ctx),
-                n_gpu_layers=int(getattr(spec, "n_gpu_layers", 0) or 0),
+                n_gpu_layers=spec.n_gpu_layers,
                 n_threads=options.n_threads,
                 n_threads_batch=options.n_threads_batch,
                 use_mmap=options.use_mmap,
@@ -116,7 +121,7 @@ class LlamaBackend:
         self._vocab = llm._model.vocab
         self._sample = llama_cpp.llama_sampler_sample
         self._is_eog = llama_cpp.llama_vocab_is_eog
-        self._decode = llama_cpp.llama_decode
+        self._decode_fn = llama_cpp.llama_decode
         self._piece_buf = ctypes.create_string_buffer(256)
         self._pieces: dict[int, bytes] = {}
         self._special_ids: dict[str, int | None] = {}
@@ -124,8 +129,8 @@ class LlamaBackend:
         self._bos = llm.token_bos()
         self._tokenizer = PromptTokenizer(llm)
         metadata = llm.metadata
-        self.fim: FimTokens | None = detect_fim(self._has_token, override=getattr(spec, "fim_family", None))
-        template = getattr(spec, "chat_template", None) or metadata.get("tokenizer.chat_template")
+        self.fim: FimTokens | None = detect_fim(self._has_token, override=spec.fim_family)
+        template = spec.chat_template or metadata.get("tokenizer.chat_template")
         self._chat_stops: tuple[str, ...] = ()
         if not template:
             template = CHATML_TEMPLATE if self._has_token("<|im_start|>") else TRANSCRIPT_TEMPLATE
@@ -134,8 +139,8 @@ class LlamaBackend:
         self._template = _jinja_env().from_string(template)
         self._bos_text = llm._model.token_get_text(self._bos) if self._bos >= 0 else ""
         self._eos_text = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() >= 0 else ""
-        self.memory_bytes: int = self.weights_path.stat().st_size + _kv_cache_bytes(metadata, self.n_ctx)
-        self._prepared: tuple[GenerationRequest, _Prepared] | None = None
+        self.memory_bytes: int = self.weights_path.stat().st_size + kv_cache_bytes(metadata, self.n_ctx)
+        self._prepared: tuple[Request, _Prepared] | None = None
         self._exact_tokens = 0  # leading KV positions that equal a fresh evaluation of them, bit for bit
         self._max_piece_bytes: int | None = None
         self._closed = False
@@ -143,19 +148,25 @@ class LlamaBackend:
     # ---- Backend protocol ---------------------------------------------------------------
 
     @property
-    def supports_fim(self) -> bool:
-        return self.fim is not None
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            fim=self.fim is not None,
+            tools=None,
+            n_ctx=self.n_ctx,
+            fim_family=self.fim.family if self.fim is not None else None,
+        )
 
-    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+    def count_prompt_tokens(self, request: Request) -> int:
         return len(self._prepare(request).tokens)
 
-    def generate(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[Event]:
-        """Evaluate the prompt (reusing the KV cache's common prefix) and stream tokens, then Done."""
+    def generate(self, request: Request, cancel: threading.Event) -> Iterator[Event]:
+        """Evaluate the prompt (reusing the KV cache's common prefix) and stream text, then Finish.
+
+        The pool has checked that the prompt fits (count_prompt_tokens against n_ctx)."""
         if self._closed:
             raise ModelLoadFailed(f"Model {self.model_id!r} was unloaded.", model=self.model_id)
         prep = self._prepare(request)
         self._prepared = None
-        self._check_fits(prep, request)
         return self._run(prep, request, cancel)
 
     def close(self) -> None:
@@ -165,7 +176,7 @@ class LlamaBackend:
 
     # ---- prompt ---------------------------------------------------------------------------
 
-    def _prepare(self, request: GenerationRequest) -> _Prepared:
+    def _prepare(self, request: Request) -> _Prepared:
         """Render and tokenize once; the pool's token count and the generation share the result."""
         if self._prepared is not None and self._prepared[0] is request:
             return self._prepared[1]
@@ -173,7 +184,7 @@ class LlamaBackend:
         self._prepared = (request, prep)
         return prep
 
-    def _render(self, request: GenerationRequest) -> _Prepared:
+    def _render(self, request: Request) -> _Prepared:
         if request.kind == "chat":
             text = self._render_chat(request.messages)
             self._refuse_surely_too_long(text, request)
@@ -197,12 +208,13 @@ class LlamaBackend:
             return self._fim_tokens(fim, request.params, trim=True)
         raise InvalidRequest(f"unknown generation kind {request.kind!r}")
 
-    def _render_chat(self, messages: Sequence[dict]) -> str:
+    def _render_chat(self, messages: Sequence[Message]) -> str:
         if not messages:
             raise InvalidRequest("a chat request needs at least one message", param="messages")
+        rendered = template_messages(messages, self.model_id)
         try:
             return self._template.render(
-                messages=[_plain_message(m) for m in messages],
+                messages=rendered,
                 add_generation_prompt=True,
                 bos_token=self._bos_text,
                 eos_token=self._eos_text,
@@ -235,7 +247,7 @@ class LlamaBackend:
         tokens = head + [t for _, ids in runs for t in ids]
         return _Prepared(tokens, (), stop_ids, truncated)
 
-    def _refuse_surely_too_long(self, text: str, request: GenerationRequest) -> None:
+    def _refuse_surely_too_long(self, text: str, request: Request) -> None:
         """Refuse without tokenizing when even the longest token could not pack `text` into n_ctx.
 
         Why: tokenizing a multi-megabyte prompt takes tens of seconds on the model's only worker.
@@ -250,31 +262,30 @@ class LlamaBackend:
             raise ContextLengthExceeded(
                 f"The prompt is {n_bytes} bytes: at least {n_bytes // self._max_piece_bytes} tokens, but model "
                 f"{self.model_id!r} has a context of {self.n_ctx} tokens. Shorten the prompt.",
-                param="messages" if request.kind == "chat" else "prompt",
-                n_ctx=self.n_ctx,
-            )
-
-    def _check_fits(self, prep: _Prepared, request: GenerationRequest) -> None:
-        need = len(prep.tokens) + (0 if request.warmup else 1)
-        if need > self.n_ctx:
-            raise ContextLengthExceeded(
-                f"The prompt is {len(prep.tokens)} tokens, but model {self.model_id!r} has a context of "
-                f"{self.n_ctx} tokens (room is needed for at least one new token). Shorten the prompt.",
-                param="messages" if request.kind == "chat" else "prompt",
-                prompt_tokens=len(prep.tokens),
+                param=request.prompt_field,
                 n_ctx=self.n_ctx,
             )
 
     # ---- decode loop --------------------------------------------------------------------------
 
-    def _run(self, prep: _Prepared, request: GenerationRequest, cancel: threading.Event) -> Iterator[Event]:
-        llm = self._llm
-        tokens = prep.tokens
-        params = request.params
+    def _run(self, prep: _Prepared, request: Request, cancel: threading.Event) -> Iterator[Event]:
         started = time.perf_counter()
+        cached = self._evaluate_prompt(prep.tokens, request.kind, cancel)
+        prompt_ms = (time.perf_counter() - started) * 1000.0
+        usage = Usage(prompt_tokens=len(prep.tokens), cached_tokens=cached, prompt_ms=prompt_ms)
+        if self._llm.n_tokens < len(prep.tokens):  # cancelled mid-prompt; the evaluated part stays cached
+            yield Finish("cancelled", usage, truncated=prep.truncated)
+            return
+        if request.warmup:
+            yield Finish("stop", usage, truncated=prep.truncated)
+            return
+        yield from self._decode(prep, request.params, cancel, usage)
+
+    def _evaluate_prompt(self, tokens: list[int], kind: str, cancel: threading.Event) -> int:
+        """Bring the KV cache to `tokens`, reusing its common prefix; returns the tokens reused."""
+        llm = self._llm
         try:
-            # Keep the KV cache for the prompt's common prefix with the previous one (editor
-            # requests share most of their prompt), at least one token is always evaluated.
+            # Editor requests share most of their prompt; at least one token is always evaluated.
             common = 0
             limit = min(llm.n_tokens, len(tokens) - 1)
             previous = llm.input_ids
@@ -284,7 +295,7 @@ class LlamaBackend:
             # evaluated in slices, stopping between them once cancelled (bench/burst.py), and
             # bit-exactly (the same context gives the same suggestion). A chat goes in one call
             # and re-evaluates only what changed, as llama-server does.
-            chat = request.kind == "chat"
+            chat = kind == "chat"
             step = len(tokens) if chat else PROMPT_SLICE_TOKENS
             slices, exact = prompt_slices(len(tokens), common, self._exact_tokens, step, exact_reuse=not chat)
             cached = llm.n_tokens = slices[0][0] if slices else common
@@ -298,22 +309,15 @@ class LlamaBackend:
         # Without an exact restart, only what lies before the reused prefix stays as exact as it was.
         exact_end = llm.n_tokens if exact else min(self._exact_tokens, cached)
         self._exact_tokens = exact_end - exact_end % EXACT_ROW_GROUP
-        gen_start = time.perf_counter()
-        prompt_ms = (gen_start - started) * 1000.0
-        if llm.n_tokens < len(tokens):  # cancelled mid-prompt; the evaluated part stays cached
-            yield Done("cancelled", prompt_tokens=len(tokens), cached_tokens=cached, prompt_ms=prompt_ms,
-                       truncated=prep.truncated)
-            return
-        if request.warmup:
-            yield Done("stop", prompt_tokens=len(tokens), cached_tokens=cached, prompt_ms=prompt_ms,
-                       truncated=prep.truncated)
-            return
+        return cached
 
+    def _decode(self, prep: _Prepared, params: SamplingParams, cancel: threading.Event, usage: Usage) -> Iterator[Event]:
+        """Sample and evaluate one token at a time until a stop, the limit or a cancel; then Finish."""
+        llm = self._llm
+        gen_start = time.perf_counter()
         sampler = _make_sampler(params, llm.n_vocab())
-        ctx, vocab, sample, is_eog, decode = self._ctx, self._vocab, self._sample, self._is_eog, self._decode
+        ctx, vocab, sample, is_eog = self._ctx, self._vocab, self._sample, self._is_eog
         stop_ids = prep.stop_ids
-        batch = llm._batch.batch
-        input_ids = llm.input_ids
         n_ctx = self.n_ctx
         max_new = params.max_tokens if params.max_tokens is not None else n_ctx
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -349,22 +353,11 @@ class LlamaBackend:
                         if seen_newline and time.perf_counter() > deadline:
                             stop_now, finish = True, "length"
                     if text:
-                        yield Token(text)
+                        yield TextDelta(text)
                     if stop_now:
                         finish = "stop" if matcher is not None and matcher.stopped else finish
                         break
-                # Evaluate the sampled token: one llama_decode of a one-token batch.
-                pos = llm.n_tokens
-                batch.n_tokens = 1
-                batch.token[0] = tok
-                batch.pos[0] = pos
-                batch.n_seq_id[0] = 1
-                batch.seq_id[0][0] = 0
-                batch.logits[0] = True
-                if decode(ctx, batch) != 0:
-                    raise RuntimeError(f"llama_decode failed at position {pos}")
-                input_ids[pos] = tok
-                llm.n_tokens = pos + 1
+                self._append(tok)
         except Exception:
             llm.n_tokens = self._exact_tokens = 0  # the KV cache may no longer match input_ids
             raise
@@ -374,16 +367,26 @@ class LlamaBackend:
         if matcher is not None and not matcher.stopped:
             tail = matcher.flush(tail)  # text held back as a possible stop's start is output after all
         if tail and finish != "cancelled":
-            yield Token(tail)
-        yield Done(
-            finish,  # type: ignore[arg-type]
-            prompt_tokens=len(tokens),
-            completion_tokens=n_new,
-            cached_tokens=cached,
-            prompt_ms=prompt_ms,
-            predicted_ms=(time.perf_counter() - gen_start) * 1000.0,
-            truncated=prep.truncated,
-        )
+            yield TextDelta(tail)
+        predicted_ms = (time.perf_counter() - gen_start) * 1000.0
+        usage = dataclasses.replace(usage, completion_tokens=n_new, predicted_ms=predicted_ms)
+        yield Finish(finish, usage, truncated=prep.truncated)  # type: ignore[arg-type]
+
+    def _append(self, tok: int) -> None:
+        """Evaluate one sampled token: one llama_decode of a one-token batch."""
+        llm = self._llm
+        batch = llm._batch.batch
+        pos = llm.n_tokens
+        batch.n_tokens = 1
+        batch.token[0] = tok
+        batch.pos[0] = pos
+        batch.n_seq_id[0] = 1
+        batch.seq_id[0][0] = 0
+        batch.logits[0] = True
+        if self._decode_fn(self._ctx, batch) != 0:
+            raise RuntimeError(f"llama_decode failed at position {pos}")
+        llm.input_ids[pos] = tok
+        llm.n_tokens = pos + 1
 
     # ---- vocabulary -----------------------------------------------------------------------------
 
@@ -545,40 +548,9 @@ def _make_sampler(params: SamplingParams, n_vocab: int) -> Any:
     return sampler
 
 
-def _plain_message(message: dict) -> dict:
-    """OpenAI content parts (a list of {type: text}) become one string, as chat templates expect."""
-    content = message.get("content")
-    if isinstance(content, list):
-        text = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        return {**message, "content": text}
-    if content is None:
-        return {**message, "content": ""}
-    return message
-
-
 def _raise_template_error(message: str) -> None:
     raise InvalidRequest(f"chat template: {message}", param="messages")
 
 
 def _jinja_env() -> ImmutableSandboxedEnvironment:
     return ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-
-def _kv_cache_bytes(metadata: dict[str, str], n_ctx: int) -> int:
-    """f16 K and V for every layer and position: what the context allocates beside the weights."""
-    try:
-        arch = metadata["general.architecture"]
-        n_layer = int(metadata[f"{arch}.block_count"])
-        n_embd = int(metadata[f"{arch}.embedding_length"])
-        n_head = int(metadata[f"{arch}.attention.head_count"])
-        n_head_kv = int(metadata.get(f"{arch}.attention.head_count_kv", n_head))
-        k_len = int(metadata.get(f"{arch}.attention.key_length", n_embd // n_head))
-        v_len = int(metadata.get(f"{arch}.attention.value_length", n_embd // n_head))
-        return n_ctx * n_layer * n_head_kv * (k_len + v_len) * 2
-    except (KeyError, ValueError, ZeroDivisionError):
-        return 0
-
-
-def default_threads() -> int:
-    """All cores: llama.cpp's own default (half) leaves a 2-core machine at one thread."""
-    return os.cpu_count() or 1

@@ -31,7 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.backend import Backend, BackendOptions, Done, Event, GenerationRequest
+from models.backend import Backend, BackendOptions
+from models.capabilities import Capabilities, declared
+from models.catalog import Catalog, ModelSpec, UpstreamSource
+from models.events import Event, Finish, TextDelta
+from models.fim import holds_fim_tokens
+from models.request import Request
 from models.errors import (
     ContextLengthExceeded,
     FimNotSupported,
@@ -60,10 +65,9 @@ class ModelState:
     size_bytes: int | None  # bytes held when loaded (weights + KV cache), else the weights' size if known
     last_used: float | None  # wall-clock time (time.time()) of the last finished generation or load
     pinned: bool
-    supports_fim: bool | None  # None until known (a catalog override or a load tells)
+    capabilities: Capabilities  # what the catalog declares until loaded, then what the model holds
     load_error: str | None
     loading: bool = False
-    n_ctx: int | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ def _wake(fut: asyncio.Future) -> None:
 class Generation:
     """One submitted request: iterate for its events; `cancel()` drops or stops it."""
 
-    def __init__(self, pool: Pool, model_id: str, request: GenerationRequest) -> None:
+    def __init__(self, pool: Pool, model_id: str, request: Request) -> None:
         self.model_id = model_id
         self.request = request
         self.cancel_event = threading.Event()
@@ -108,7 +112,7 @@ class Generation:
         self._ready = threading.Condition(self._lock)
         self._items: collections.deque[Event | _Failure] = collections.deque()
         self._waiter: asyncio.Future | None = None
-        self._ended = False  # the consumer has seen Done or the failure
+        self._ended = False  # the consumer has seen Finish or the failure
         self._load_ms = 0.0
         self._first_token_out: threading.Event | None = None
 
@@ -122,7 +126,7 @@ class Generation:
             waiter.get_loop().call_soon_threadsafe(_wake, waiter)
 
     def _await_first_token_out(self) -> None:
-        """After the first Token: wait (briefly) for a consumer that asked to send it first."""
+        """After the first event: wait (briefly) for a consumer that asked to send it first."""
         out = self._first_token_out
         if out is not None:
             out.wait(FIRST_TOKEN_HANDOFF_S)
@@ -171,7 +175,7 @@ class Generation:
         if isinstance(item, _Failure):
             self._ended = True
             raise item.error
-        if isinstance(item, Done):
+        if isinstance(item, Finish):
             self._ended = True
             return True
         return False
@@ -203,29 +207,21 @@ class Generation:
             if not self._ended:
                 self.cancel()
 
-    def collect(self) -> tuple[str, Done]:
-        """Block until done: the whole text and the final Done (non-streaming callers)."""
+    def collect(self) -> tuple[str, Finish]:
+        """Block until done: the whole text and the Finish (non-streaming callers that want text only)."""
         parts: list[str] = []
         for ev in self:
-            if isinstance(ev, Done):
+            if isinstance(ev, Finish):
                 return "".join(parts), ev
-            parts.append(ev.text)
-        raise RuntimeError("generation ended without Done")  # pragma: no cover - Done always ends it
-
-    async def acollect(self) -> tuple[str, Done]:
-        """The same for asyncio callers."""
-        parts: list[str] = []
-        async for ev in self:
-            if isinstance(ev, Done):
-                return "".join(parts), ev
-            parts.append(ev.text)
-        raise RuntimeError("generation ended without Done")  # pragma: no cover
+            if isinstance(ev, TextDelta):
+                parts.append(ev.text)
+        raise RuntimeError("generation ended without Finish")  # pragma: no cover - Finish always ends it
 
 
 class _Entry:
     """The pool's bookkeeping for one catalog model (guarded by the pool's lock)."""
 
-    def __init__(self, spec: Any, lock: threading.Lock) -> None:
+    def __init__(self, spec: ModelSpec, lock: threading.Lock) -> None:
         self.spec = spec
         self.state = "unloaded"  # unloaded | loading | loaded
         self.backend: Backend | None = None
@@ -241,10 +237,7 @@ class _Entry:
         self.load_error: str | None = None
         self.load_done: threading.Event = threading.Event()
         self.load_exc: RouterError | None = None
-        self.supports_fim: bool | None = True if getattr(spec, "fim_family", None) else None
-        if getattr(getattr(spec, "source", None), "fim_family", None):
-            self.supports_fim = True
-        self.n_ctx: int | None = None
+        self.capabilities = declared(spec)
         self.avg_s = 1.0  # recent seconds per request, for Retry-After
 
     @property
@@ -256,13 +249,13 @@ class _Entry:
         return self.state == "loaded" and not self.pinned and not self.running and not self.queue
 
 
-def _default_resolve(spec: Any) -> Path | None:
+def _default_resolve(spec: ModelSpec) -> Path | None:
     from models.fetch import resolve_weights
 
     return resolve_weights(spec)
 
 
-def _default_factory(spec: Any, weights: Path | None, options: BackendOptions) -> Backend:
+def _default_factory(spec: ModelSpec, weights: Path | None, options: BackendOptions) -> Backend:
     from models.factory import create_backend
 
     return create_backend(spec, weights, options)
@@ -273,10 +266,10 @@ class Pool:
 
     def __init__(
         self,
-        catalog: Any,
+        catalog: Catalog,
         *,
-        resolve: Callable[[Any], Path | None] | None = None,
-        factory: Callable[[Any, Path | None, BackendOptions], Backend] | None = None,
+        resolve: Callable[[ModelSpec], Path | None] | None = None,
+        factory: Callable[[ModelSpec, Path | None, BackendOptions], Backend] | None = None,
         options: BackendOptions | None = None,
         memory_budget_bytes: int,
         idle_ttl_s: float = 0.0,
@@ -304,13 +297,13 @@ class Pool:
 
     # ---- public API ------------------------------------------------------------------------
 
-    def submit(self, model_id: str, request: GenerationRequest) -> Generation:
+    def submit(self, model_id: str, request: Request) -> Generation:
         """Queue a request; returns at once. Raises ModelNotFound, Overloaded, FimNotSupported (if known)."""
         with self._lock:
             entry = self._entry(model_id)
             if self._closed:
                 raise ModelLoadFailed("The model pool is shut down.", model=model_id)
-            if entry.supports_fim is False and _asks_fim(request):
+            if entry.capabilities.fim is False and _asks_fim(request):
                 raise FimNotSupported(
                     f"Model {model_id!r} has no fill-in-the-middle tokens in its vocabulary, so it cannot do FIM. "
                     "Use a FIM-capable coder model.",
@@ -365,24 +358,28 @@ class Pool:
             for spec in self.catalog.models:
                 e = self._entries.get(spec.id)
                 loaded = e is not None and e.state == "loaded"
-                size = e.size_bytes if e is not None and e.state != "unloaded" else getattr(spec, "weights_bytes", None)
+                size = e.size_bytes if e is not None and e.state != "unloaded" else spec.weights_bytes
                 out.append(
                     ModelState(
                         id=spec.id,
-                        labels=[str(getattr(lbl, "value", lbl)) for lbl in spec.labels],
+                        labels=list(spec.labels),
                         loaded=loaded,
                         generating=len(e.running) if e else 0,
                         queue_depth=len(e.queue) if e else 0,
                         size_bytes=size,
                         last_used=e.last_used_wall if e else None,
                         pinned=e.pinned if e else False,
-                        supports_fim=e.supports_fim if e else _known_fim(spec),
+                        capabilities=e.capabilities if e else declared(spec),
                         load_error=e.load_error if e else None,
                         loading=e is not None and e.state == "loading",
-                        n_ctx=(e.n_ctx if e and e.n_ctx else getattr(spec, "n_ctx", None)),
                     )
                 )
             return out
+
+    def capabilities(self, model_id: str) -> Capabilities:
+        """What the model can do, as far as known now (the catalog's word until it has loaded)."""
+        with self._lock:
+            return self._entry(model_id).capabilities
 
     def backend(self, model_id: str) -> Backend | None:
         """The loaded backend (for /props-style introspection), or None. Never call generate on it."""
@@ -409,7 +406,7 @@ class Pool:
             for entry in self._entries.values():
                 for gen in entry.queue:
                     gen.cancel_event.set()
-                    gen._put(Done("cancelled"))
+                    gen._put(Finish("cancelled"))
                 entry.queue.clear()
                 for gen in entry.running:
                     gen.cancel_event.set()
@@ -458,7 +455,7 @@ class Pool:
         backend: Backend | None = None
         error: RouterError | None = None
         try:
-            upstream = getattr(spec.source, "kind", None) == "upstream"
+            upstream = isinstance(spec.source, UpstreamSource)
             weights = None if upstream else self._resolve(spec)
             need = 0 if upstream else self._estimate(spec, weights)
             with self._lock:
@@ -489,28 +486,27 @@ class Pool:
                 entry.state = "loaded"
                 entry.load_error = None
                 entry.epoch += 1
-                entry.size_bytes = int(getattr(backend, "memory_bytes", entry.size_bytes) or 0)
-                entry.supports_fim = bool(backend.supports_fim)
-                entry.n_ctx = int(backend.n_ctx)
+                entry.size_bytes = backend.memory_bytes
+                entry.capabilities = backend.capabilities
                 entry.last_used = time.monotonic()
                 entry.last_used_wall = time.time()
                 self._count("loads", spec.id)
                 for gen in entry.queue:
                     gen._load_ms = load_ms
-                for slot in range(max(1, int(getattr(backend, "parallel", 1)))):
+                for slot in range(max(1, backend.parallel)):
                     threading.Thread(
                         target=self._work, args=(entry, entry.epoch, backend),
                         name=f"pool-worker-{spec.id}-{slot}", daemon=True,
                     ).start()
-                self._evict_over_budget(keep=entry)  # the real size (KV cache) may exceed the estimate
+                self._evict_over_budget(keep=entry)  # a catalog's size_bytes may understate the real size
                 self._tick.notify_all()
             entry.load_done.set()
         if to_close is not None:
             to_close.close()
 
-    def _estimate(self, spec: Any, weights: Path | None) -> int:
+    def _estimate(self, spec: ModelSpec, weights: Path | None) -> int:
         """Bytes a model will hold, before loading it: its weights file plus its KV cache."""
-        from models.gguf_header import kv_cache_bytes
+        from models.gguf_header import file_kv_cache_bytes
 
         size = int(spec.size_bytes or 0)
         if weights is None:
@@ -519,7 +515,7 @@ class Pool:
             size = size or weights.stat().st_size
         except OSError:
             return size
-        return size + kv_cache_bytes(weights, int(spec.n_ctx))
+        return size + file_kv_cache_bytes(weights, spec.n_ctx)
 
     def _used_locked(self, exclude: _Entry | None = None) -> int:
         return sum(e.size_bytes for e in self._entries.values() if e.state != "unloaded" and e is not exclude)
@@ -599,19 +595,19 @@ class Pool:
                 entry.last_used_wall = time.time()
                 entry.avg_s = 0.8 * entry.avg_s + 0.2 * (entry.last_used - started)
                 if done is not None:
-                    self._count("tokens", entry.spec.id, done.completion_tokens)
-                    self._count("prompt_tokens", entry.spec.id, done.prompt_tokens)
-                    if done.finish_reason == "cancelled":
+                    self._count("tokens", entry.spec.id, done.usage.completion_tokens)
+                    self._count("prompt_tokens", entry.spec.id, done.usage.prompt_tokens)
+                    if done.reason == "cancelled":
                         self._count("cancelled", entry.spec.id)
                 if entry.unload_when_idle and not entry.busy:
                     self._unload_locked(entry, "unloads")
                 self._space.notify_all()
                 self._tick.notify_all()
 
-    def _serve(self, backend: Backend, gen: Generation) -> Done | None:
+    def _serve(self, backend: Backend, gen: Generation) -> Finish | None:
         """Run one generation on this worker's backend, handing each event to the caller."""
         if gen.cancel_event.is_set():
-            done = Done("cancelled")
+            done = Finish("cancelled")
             gen._put(done)
             return done
         request = gen.request
@@ -622,31 +618,31 @@ class Pool:
                 raise ContextLengthExceeded(
                     f"The prompt is {n_prompt} tokens, but model {gen.model_id!r} has a context of {backend.n_ctx} "
                     "tokens (room is needed for at least one new token). Shorten the prompt.",
-                    param="messages" if request.kind == "chat" else "prompt",
+                    param=request.prompt_field,
                     prompt_tokens=n_prompt,
                     n_ctx=backend.n_ctx,
                 )
             for ev in backend.generate(request, gen.cancel_event):
-                if isinstance(ev, Done):
+                if isinstance(ev, Finish):
                     if gen._load_ms:
-                        ev = dataclasses.replace(ev, load_ms=gen._load_ms)
+                        ev = dataclasses.replace(ev, usage=dataclasses.replace(ev.usage, load_ms=gen._load_ms))
                     gen._put(ev)
                     return ev
                 gen._put(ev)
                 if not started:
                     started = True
                     gen._await_first_token_out()
-            done = Done("error", error="the backend ended without a final event")
+            done = Finish("error", error="the backend ended without a final event")
         except RouterError as exc:
             if not started:
                 gen._put(_Failure(exc))
                 return None
-            done = Done("error", error=exc.message)
+            done = Finish("error", error=exc.message)
         except Exception as exc:
             if not started:
                 gen._put(_Failure(RouterError(f"Model {gen.model_id!r} failed: {type(exc).__name__}: {exc}")))
                 return None
-            done = Done("error", error=f"{type(exc).__name__}: {exc}")
+            done = Finish("error", error=f"{type(exc).__name__}: {exc}")
         gen._put(done)
         return done
 
@@ -658,7 +654,7 @@ class Pool:
             entry.queue.remove(gen)
             self._count("cancelled", gen.model_id)
             self._space.notify_all()
-        gen._put(Done("cancelled"))
+        gen._put(Finish("cancelled"))
 
     # ---- idle TTL ----------------------------------------------------------------------------------
 
@@ -684,22 +680,10 @@ class Pool:
         bucket[model_id] = bucket.get(model_id, 0) + n
 
     def _retry_after(self, entry: _Entry) -> float:
-        slots = max(1, int(getattr(entry.backend, "parallel", 1) or 1))
+        slots = entry.backend.parallel if entry.backend is not None else 1
         return float(min(60, max(1, math.ceil(entry.avg_s * (len(entry.queue) + 1) / slots))))
 
 
-def _asks_fim(request: GenerationRequest) -> bool:
+def _asks_fim(request: Request) -> bool:
     """A FIM request, or a raw completion already templated with some family's FIM tokens."""
-    if request.kind == "fim":
-        return True
-    if request.kind == "complete":
-        from models.fim import holds_fim_tokens
-
-        return holds_fim_tokens(request.prompt)
-    return False
-
-
-def _known_fim(spec: Any) -> bool | None:
-    if getattr(spec, "fim_family", None) or getattr(getattr(spec, "source", None), "fim_family", None):
-        return True
-    return None
+    return request.kind == "fim" or (request.kind == "complete" and holds_fim_tokens(request.prompt))

@@ -1,9 +1,9 @@
 """A backend that forwards to OpenAI-compatible servers (llama-server, llama-cpp-python's server,
 vLLM, Ollama's /v1): the scale-out path, several replicas per model.
 
-Streaming end to end: each SSE line is turned into a Token as soon as it arrives. A request that
-fails before its first token is retried on another replica; one that fails later ends with
-Done(finish_reason="error"). FIM goes to llama-server's /infill when the upstream api is
+Streaming end to end: each SSE line is turned into a TextDelta as soon as it arrives. A request
+that fails before its first token is retried on another replica; one that fails later ends with
+Finish("error"). FIM goes to llama-server's /infill when the upstream api is
 "llama.cpp", otherwise to /v1/completions with a prompt built for the upstream model's family.
 """
 
@@ -18,7 +18,12 @@ from typing import Any, Iterator
 
 import httpx
 
-from models.backend import BackendOptions, Done, Event, GenerationRequest, SamplingParams, Token
+from models.backend import BackendOptions
+from models.capabilities import Capabilities
+from models.catalog import ModelSpec, UpstreamSource
+from models.chat_messages import openai_messages
+from models.events import Event, Finish, TextDelta, Usage
+from models.request import Request, SamplingParams
 from models.errors import (
     ContextLengthExceeded,
     FimNotSupported,
@@ -90,7 +95,7 @@ class UpstreamBackend:
 
     def __init__(
         self,
-        spec: Any,
+        spec: ModelSpec,
         options: BackendOptions | None = None,
         *,
         health_interval_s: float = 10.0,
@@ -99,20 +104,23 @@ class UpstreamBackend:
     ) -> None:
         options = options or BackendOptions()
         source = spec.source
+        assert isinstance(source, UpstreamSource), "models.factory gives upstream specs only"
         self.model_id: str = spec.id
         self.n_ctx: int = spec.n_ctx
-        self.api: str = getattr(source, "api", "openai") or "openai"
-        self.upstream_model: str | None = getattr(source, "upstream_model", None)
-        family = getattr(source, "fim_family", None) or getattr(spec, "fim_family", None)
+        self.memory_bytes = 0  # the weights live in the upstream's memory, not ours
+        self.chat_template = ""  # the upstream renders its own chats
+        self.api: str = source.api
+        self.upstream_model: str | None = source.upstream_model
+        family = source.fim_family or spec.fim_family
         self.fim_family: str | None = self._canonical_family(family) if family else None
         urls = list(source.urls)
-        slots = getattr(source, "parallel", None) or DEFAULT_SLOTS_PER_REPLICA
+        slots = source.parallel or DEFAULT_SLOTS_PER_REPLICA
         self.parallel: int = max(1, slots * len(urls))
         self.options = options
 
         # Named, so an upstream that is itself a router can tell forwarded traffic from an editor's.
         headers = {"Accept": "text/event-stream", "User-Agent": UPSTREAM_USER_AGENT}
-        key_env = getattr(source, "api_key_env", None)
+        key_env = source.api_key_env
         if key_env:
             key = os.environ.get(key_env)
             if not key:
@@ -158,10 +166,11 @@ class UpstreamBackend:
     # --- Backend protocol ----------------------------------------------------------------------
 
     @property
-    def supports_fim(self) -> bool:
-        return self.api == "llama.cpp" or self.fim_family is not None
+    def capabilities(self) -> Capabilities:
+        fim = self.api == "llama.cpp" or self.fim_family is not None
+        return Capabilities(fim=fim, tools=None, n_ctx=self.n_ctx, fim_family=self.fim_family)
 
-    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+    def count_prompt_tokens(self, request: Request) -> int:
         """Exact from llama-server's /tokenize when the estimate comes near n_ctx; an estimate otherwise.
 
         The pool counts before generate() and generate() needs the count again (usage, when the
@@ -178,7 +187,7 @@ class UpstreamBackend:
         self._memo.count = (request, count)
         return count
 
-    def generate(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[Event]:
+    def generate(self, request: Request, cancel: threading.Event) -> Iterator[Event]:
         """Stream from the least busy replica; fail over to another one until the first token."""
         if self._closed:
             raise UpstreamUnavailable(f"model {self.model_id!r}: backend is closed")
@@ -187,7 +196,7 @@ class UpstreamBackend:
         failures: list[str] = []
         while True:
             if cancel.is_set():
-                yield Done("cancelled", prompt_tokens=call.prompt_tokens)
+                yield Finish("cancelled", Usage(prompt_tokens=call.prompt_tokens))
                 return
             try:
                 replica = self.replicas.acquire(exclude=tried, cancel=cancel, wait_s=self.options.first_token_timeout_s)
@@ -199,7 +208,7 @@ class UpstreamBackend:
                     + ("" if len(tried) == len(self.replicas.replicas) else f"; {exc.message}")
                 ) from None
             if replica is None:  # cancelled while every replica was busy
-                yield Done("cancelled", prompt_tokens=call.prompt_tokens)
+                yield Finish("cancelled", Usage(prompt_tokens=call.prompt_tokens))
                 return
             guard = StreamGuard(
                 cancel,
@@ -237,11 +246,11 @@ class UpstreamBackend:
 
     # --- building the upstream call ------------------------------------------------------------
 
-    def _prepare(self, request: GenerationRequest) -> _Call:
+    def _prepare(self, request: Request) -> _Call:
         params = request.params
         prompt_tokens = self.count_prompt_tokens(request)
         if request.kind == "chat":
-            body = {"messages": [dict(m) for m in request.messages], **self._sampling(params)}
+            body = {"messages": openai_messages(request.messages), **self._sampling(params)}
             return self._openai_call("/v1/chat/completions", "chat", body, request, prompt_tokens)
         if request.kind == "complete":
             prompt, stops = self._rewrite_fim_tokens(request.prompt)
@@ -260,7 +269,7 @@ class UpstreamBackend:
             return self._openai_call("/v1/completions", "completions", body, request, prompt_tokens)
         raise InvalidRequest(f"unknown generation kind {request.kind!r}")
 
-    def _openai_call(self, path, dialect, body, request, prompt_tokens) -> _Call:
+    def _openai_call(self, path: str, dialect: str, body: dict[str, Any], request: Request, prompt_tokens: int) -> _Call:
         body["model"] = self.upstream_model or self.model_id
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -275,7 +284,7 @@ class UpstreamBackend:
             t_max_predict_ms=request.params.t_max_predict_ms,
         )
 
-    def _infill_call(self, request: GenerationRequest, prompt_tokens: int) -> _Call:
+    def _infill_call(self, request: Request, prompt_tokens: int) -> _Call:
         params = request.params
         body: dict[str, Any] = {
             "input_prefix": request.prefix,
@@ -337,7 +346,7 @@ class UpstreamBackend:
 
         return fim.family_tokens(self.fim_family)
 
-    def _fim_prompt(self, request: GenerationRequest) -> tuple[str, tuple[str, ...]]:
+    def _fim_prompt(self, request: Request) -> tuple[str, tuple[str, ...]]:
         """The FIM prompt and its stop strings, laid out by models.fim for the upstream's family."""
         from models import fim
 
@@ -404,7 +413,7 @@ class UpstreamBackend:
                     progress.completion_tokens += 1
                     progress.yielded_token = True
                     text, hit_deadline = _t_max_predict_cut(text, call.t_max_predict_ms, first_token_at)
-                    yield Token(text)
+                    yield TextDelta(text)
                     if hit_deadline:
                         progress.finish_reason = "stop"
                         progress.terminal = True
@@ -466,7 +475,7 @@ class UpstreamBackend:
             content = choice.get("text")
         return content if isinstance(content, str) else ""
 
-    def _done(self, reason: str, call: _Call, progress: _Progress, error: str | None = None) -> Done:
+    def _done(self, reason: str, call: _Call, progress: _Progress, error: str | None = None) -> Finish:
         usage, timings = progress.usage, progress.timings
         prompt_tokens = usage.get("prompt_tokens")
         completion_tokens = usage.get("completion_tokens")
@@ -474,13 +483,15 @@ class UpstreamBackend:
         cached = usage.get("cached_tokens")
         if cached is None and isinstance(details, dict):
             cached = details.get("cached_tokens")
-        return Done(
-            finish_reason=reason,  # type: ignore[arg-type]
-            prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else call.prompt_tokens,
-            completion_tokens=completion_tokens if isinstance(completion_tokens, int) else progress.completion_tokens,
-            cached_tokens=cached if isinstance(cached, int) else 0,
-            prompt_ms=float(timings.get("prompt_ms") or 0.0),
-            predicted_ms=float(timings.get("predicted_ms") or 0.0),
+        return Finish(
+            reason,  # type: ignore[arg-type]
+            Usage(
+                prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else call.prompt_tokens,
+                completion_tokens=completion_tokens if isinstance(completion_tokens, int) else progress.completion_tokens,
+                cached_tokens=cached if isinstance(cached, int) else 0,
+                prompt_ms=float(timings.get("prompt_ms") or 0.0),
+                predicted_ms=float(timings.get("predicted_ms") or 0.0),
+            ),
             truncated=bool(usage.get("truncated", False)),
             error=error,
         )
@@ -537,16 +548,11 @@ class UpstreamBackend:
         return None
 
 
-def _prompt_text(request: GenerationRequest) -> tuple[str, int]:
+def _prompt_text(request: Request) -> tuple[str, int]:
     """The text a request will put in front of the model, and the tokens its framing adds."""
     if request.kind == "chat":
-        parts = []
-        for message in request.messages:
-            content = message.get("content")
-            if isinstance(content, str):
-                parts.append(content)
-            elif isinstance(content, list):
-                parts.extend(p.get("text", "") for p in content if isinstance(p, dict))
+        parts = [m.text for m in request.messages]
+        parts += [r.content for m in request.messages for r in m.tool_results]
         return "\n".join(parts), CHAT_TOKENS_PER_MESSAGE * (len(request.messages) + 1)
     if request.kind == "fim":
         text = "".join([request.prefix, request.prompt, request.suffix, *(f"{f.filename or ''}\n{f.text}" for f in request.extra)])

@@ -1,27 +1,27 @@
 """The HTTP app: create_app(settings) wires catalog, classifier, pool and the dialect adapters.
 
-All state lives on app.state (no module globals): several apps can live in one process, which
-the tests rely on. The pool is created in the lifespan (and closed there) unless one is given.
+All state lives in one typed AppState on the app (no module globals): several apps can live in one
+process, which the tests rely on. The pool is created in the lifespan (and closed there) unless one
+is given.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 
+from classifier import ArtifactError, Classifier
 from models.backend import BackendOptions
+from models.catalog import Catalog, select_catalog
+from models.pool import Pool
 from router.dialects import llamacpp, ollama, openai, route
-from router.dialects.dispatch import Superseder
 from router.errors import NotSupported, install_error_handlers
-from router.metrics import Metrics
-from router.routing import Router
 from router.security import check_bind, install_security
 from router.settings import Settings
+from router.state import AppState
 
 log = logging.getLogger("router.app")
 
@@ -40,28 +40,22 @@ NOT_OFFERED = {
 }
 
 
-def build_catalog(settings: Settings) -> Any:
+def build_catalog(settings: Settings) -> Catalog:
     """The catalog: a catalog file, else LABEL=PATH files, else the built-in profile (one rule, models.catalog's)."""
-    from models.catalog import select_catalog
-
     return select_catalog(catalog=settings.catalog, models=dict(settings.models), profile=settings.profile)
 
 
-def build_classifier(settings: Settings) -> tuple[Any, str | None]:
+def build_classifier(settings: Settings) -> tuple[Classifier, str | None]:
     """The trained classifier, or shape rules only with a loud warning when the artifact is missing/tampered."""
-    import classifier
-
     try:
-        return classifier.Classifier.load(settings.classifier_artifact), None
-    except classifier.ArtifactError as exc:
+        return Classifier.load(settings.classifier_artifact), None
+    except ArtifactError as exc:
         warning = f"classifier artifact unusable ({exc}); routing by request shape only"
         log.warning("!!! %s !!!", warning)
-        return classifier.Classifier.shape_only(), warning
+        return Classifier.shape_only(), warning
 
 
-def build_pool(settings: Settings, catalog: Any) -> Any:
-    from models.pool import Pool
-
+def build_pool(settings: Settings, catalog: Catalog) -> Pool:
     options = BackendOptions(
         n_threads=settings.n_threads,
         n_threads_batch=settings.n_threads_batch,
@@ -79,31 +73,35 @@ def build_pool(settings: Settings, catalog: Any) -> Any:
     )
 
 
-def create_app(settings: Settings, *, pool: Any = None, classifier: Any = None, catalog: Any = None) -> FastAPI:
+def create_app(
+    settings: Settings, *, pool: Pool | None = None, classifier: Classifier | None = None, catalog: Catalog | None = None
+) -> FastAPI:
     """The app for these settings; pass pool/classifier/catalog to share or substitute real ones."""
     check_bind(settings)
     catalog = catalog if catalog is not None else build_catalog(settings)
     classifier_warning = None
     if classifier is None:
         classifier, classifier_warning = build_classifier(settings)
-    owns_pool = pool is None
+    app_state = AppState(settings, catalog, classifier, classifier_warning)
+    if pool is not None:
+        app_state.start(pool)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state = app.state
-        state.loop = asyncio.get_running_loop()  # for tests and tools that inspect the app from other threads
-        state.pool = build_pool(settings, catalog) if owns_pool else pool
-        state.router = Router(catalog, classifier, state.pool)
         loop = asyncio.get_running_loop()
+        app_state.loop = loop
+        owns_pool = pool is None
+        if owns_pool:
+            app_state.start(build_pool(settings, catalog))
         for model_id in settings.preload:
-            await loop.run_in_executor(None, state.pool.preload, model_id)
+            await loop.run_in_executor(None, app_state.pool.preload, model_id)
         try:
             yield
         finally:
-            for gen in list(state.superseder.inflight.values()):
+            for gen in list(app_state.superseder.inflight.values()):
                 gen.cancel()
             if owns_pool:
-                state.pool.close()
+                app_state.pool.close()
 
     app = FastAPI(
         title="prompt-router",
@@ -111,16 +109,7 @@ def create_app(settings: Settings, *, pool: Any = None, classifier: Any = None, 
         version="0.1.0",
         lifespan=lifespan,
     )
-    state = app.state
-    state.settings = settings
-    state.catalog = catalog
-    state.classifier = classifier
-    state.classifier_warning = classifier_warning
-    state.started_at = time.time()
-    state.superseder = Superseder()
-    state.metrics = Metrics(state)
-    state.pool = pool
-    state.router = Router(catalog, classifier, pool) if pool is not None else None
+    app.state.app_state = app_state
 
     install_error_handlers(app)
     install_security(app, settings)

@@ -17,7 +17,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -25,6 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
+from models.labels import LABELS
 from router.settings import Settings, default_config_file, load_settings, setting_sources
 
 try:  # typer >= 0.22 vendors click; its usage errors derive from TyperException
@@ -32,8 +33,10 @@ try:  # typer >= 0.22 vendors click; its usage errors derive from TyperException
 except ImportError:  # pragma: no cover - older typer on click
     from click import ClickException as CommandLineError
 
+if TYPE_CHECKING:  # the catalog loads lazily: `route --help` stays fast
+    from models.catalog import ModelSpec
+
 DEFAULT_COMMAND = "ask"
-LABELS = ("code_edit", "fim", "chat", "instruct")
 CHAT_ENDPOINT = "/v1/chat/completions"
 COMPLETIONS_ENDPOINT = "/v1/completions"
 PROBE_TIMEOUT_S = 0.3
@@ -298,41 +301,32 @@ def answer_in_process(
     on_decision, on_text,
 ) -> Answer:
     """Classify, route, load (fetching weights on first use) and generate, all in this process."""
-    from models.backend import GenerationRequest, SamplingParams, Token
+    from models.errors import RouterError
+    from models.events import Finish, TextDelta
     from router.app import build_pool
+    from router.dialects.endpoints import parse_request
     from router.routing import Router
 
     catalog = build_catalog(settings)
     classifier = load_classifier(settings, console)
     pool = build_pool(settings, catalog)
     try:
-        endpoint, body = request_body(prompt, raw, model, sampling)
-        route = Router(catalog, classifier, pool).route(endpoint, body, model)
-        answer = Answer(
-            label=str(getattr(route.label, "value", route.label)),
-            model=route.model_id,
-            confidence=float(route.confidence),
-            reasons=list(route.reasons),
-        )
+        request = parse_request(*request_body(prompt, raw, model, sampling))  # exactly what `--server` would send
+        route = Router(catalog, classifier, pool).route(request)
+        answer = Answer(label=route.label, model=route.model_id, confidence=route.confidence, reasons=list(route.reasons))
         on_decision(answer)
         ensure_weights(catalog.get(route.model_id), console)
-        params = SamplingParams(**sampling)
-        if raw:
-            request = GenerationRequest(kind="complete", prompt=prompt, params=params)
-        else:
-            request = GenerationRequest(kind="chat", messages=({"role": "user", "content": prompt},), params=params)
         generation = pool.submit(route.model_id, request)
         try:
             for event in _with_load_status(iter(generation), console, route.model_id):
-                if isinstance(event, Token):
+                if isinstance(event, TextDelta):
                     answer.text += event.text
                     on_text(event.text)
-                else:
-                    answer.finish_reason = event.finish_reason
-                    answer.usage = {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens}
-                    if event.finish_reason == "error":
-                        from models.errors import RouterError
-
+                elif isinstance(event, Finish):
+                    answer.finish_reason = event.reason
+                    u = event.usage
+                    answer.usage = {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens}
+                    if event.reason == "error":
                         raise RouterError(f"generation failed: {event.error}")
         except BaseException:
             generation.cancel()
@@ -342,11 +336,13 @@ def answer_in_process(
         pool.close()
 
 
-def ensure_weights(spec: Any, console: Console) -> None:
+def ensure_weights(spec: ModelSpec | None, console: Console) -> None:
     """Fetch Hugging Face weights before loading, with a progress bar when stderr is a terminal."""
-    if spec is None or getattr(spec.source, "kind", None) != "hf":
-        return
     from models import fetch
+    from models.catalog import HFSource
+
+    if spec is None or not isinstance(spec.source, HFSource):
+        return
 
     if not fetch.is_cached(spec):
         console.print(f"fetching weights for {spec.id} (first use)...")
@@ -581,11 +577,12 @@ def serve(
     import uvicorn
 
     from router.app import create_app
+    from router.state import app_state
 
     application = create_app(settings)
     console = stderr_console()
-    for spec in application.state.catalog.models:
-        labels = ", ".join(str(getattr(label, "value", label)) for label in spec.labels) or "no label"
+    for spec in app_state(application).catalog.models:
+        labels = ", ".join(spec.labels) or "no label"
         console.print(f"[dim]{escape(spec.id)}: {escape(labels)}[/]")
     console.print(f"route: listening on {local_router_url(settings)} (OpenAI /v1, llama.cpp /infill, Ollama /api)")
     uvicorn.run(application, host=settings.host, port=settings.port, log_level=settings.log_level.lower())

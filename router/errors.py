@@ -138,14 +138,8 @@ def as_router_error(exc: BaseException) -> RouterError:
 
 def route_headers_of(request: Request) -> dict[str, str]:
     """x-route-* headers when the request got as far as routing."""
-    route = getattr(request.state, "route", None)
-    if route is None:
-        return {}
-    return {
-        "x-route-label": route.label,
-        "x-route-model": route.model_id,
-        "x-route-confidence": f"{route.confidence:.4f}",
-    }
+    route = getattr(request.state, "route", None)  # request-scoped: set once routing happened
+    return route.headers() if route is not None else {}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -155,9 +149,7 @@ def install_error_handlers(app: FastAPI) -> None:
         err = as_router_error(exc)
         if isinstance(err, InternalError):
             log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        metrics = getattr(request.app.state, "metrics", None)
-        if metrics is not None:
-            metrics.count_error(request, err)
+        request.app.state.app_state.metrics.count_error(request, err)
         return error_response(dialect_for_path(request.url.path), err, route_headers_of(request))
 
     app.add_exception_handler(RouterError, handle)

@@ -16,6 +16,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from models.backend import default_threads
+
 CONFIG_DIR = Path(platformdirs.user_config_dir("route"))
 
 
@@ -59,10 +61,10 @@ class Settings(BaseSettings):
     idle_ttl_s: float = Field(900.0, ge=0, description="Unload a model idle this long (0: never).")
     queue_size: int = Field(16, ge=1, description="Requests waiting per model before 503 + Retry-After.")
     n_threads: int = Field(
-        default_factory=lambda: os.cpu_count() or 1, ge=1, description="llama.cpp decode threads per model."
+        default_factory=default_threads, ge=1, description="llama.cpp decode threads per model."
     )
     n_threads_batch: int = Field(
-        default_factory=lambda: os.cpu_count() or 1, ge=1, description="llama.cpp prompt-processing threads."
+        default_factory=default_threads, ge=1, description="llama.cpp prompt-processing threads."
     )
     use_mmap: bool = Field(
         False,

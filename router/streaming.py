@@ -12,14 +12,16 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, AsyncIterator, Protocol
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from models.backend import Done, Token
 from models.errors import Cancelled, RouterError
+from models.events import Event, Finish, TextDelta, ToolCallDelta, ToolCallStart
+from models.pool import Generation
 from router.routing import Route
 
 log = logging.getLogger("router.streaming")
@@ -36,18 +38,40 @@ class GenerationFailed(RouterError):
     type = "server_error"
 
 
+@dataclass
+class CollectedCall:
+    """A tool call gathered from its start and argument events (arguments as the JSON text sent)."""
+
+    id: str
+    name: str
+    arguments: str = ""
+
+
+@dataclass
+class Outcome:
+    """A finished generation, collected: its text, its tool calls, and how it ended."""
+
+    text: str
+    finish: Finish
+    tool_calls: list[CollectedCall] = field(default_factory=list)
+
+
 class ChunkFormat(Protocol):
-    """How one dialect writes a generation: per-token chunks, the closing chunk(s), or one body."""
+    """How one dialect writes a generation: per-event chunks, the closing chunk(s), or one body."""
 
     media_type: str
 
     def head(self) -> bytes:
-        """Bytes sent before the first token (OpenAI chat: the role delta); may be empty."""
+        """Bytes sent before the first event (OpenAI chat: the role delta); may be empty."""
         ...
 
-    def token(self, text: str) -> bytes: ...
+    def text(self, text: str) -> bytes: ...
 
-    def tail(self, done: Done) -> bytes:
+    def tool_call_start(self, event: ToolCallStart) -> bytes: ...
+
+    def tool_call_delta(self, event: ToolCallDelta) -> bytes: ...
+
+    def tail(self, finish: Finish) -> bytes:
         """The closing chunk(s) of a stream: finish reason, usage, [DONE]..."""
         ...
 
@@ -55,25 +79,19 @@ class ChunkFormat(Protocol):
         """A failure after headers were sent, as the dialect's error event."""
         ...
 
-    def body(self, text: str, done: Done) -> Any:
+    def body(self, outcome: Outcome) -> Any:
         """The whole non-streaming response (a JSON-able object)."""
         ...
 
 
-@dataclass
-class Outcome:
-    """A finished generation, collected."""
+class TextOnly:
+    """For formats of endpoints that never carry tools (raw completions, FIM): a call is a bug."""
 
-    text: str
-    done: Done
+    def tool_call_start(self, event: ToolCallStart) -> bytes:
+        raise GenerationFailed("A tool call reached an endpoint that cannot carry one.")
 
-
-def route_headers(route: Route) -> dict[str, str]:
-    return {
-        "x-route-label": route.label,
-        "x-route-model": route.model_id,
-        "x-route-confidence": f"{route.confidence:.4f}",
-    }
+    def tool_call_delta(self, event: ToolCallDelta) -> bytes:
+        raise GenerationFailed("A tool call reached an endpoint that cannot carry one.")
 
 
 def json_str(text: str) -> str:
@@ -84,10 +102,10 @@ def json_str(text: str) -> str:
 class ActiveGeneration:
     """A Generation being served: its iterator, its first event, and the watch for a vanished client."""
 
-    def __init__(self, gen: Any, request: Request | None) -> None:
+    def __init__(self, gen: Generation, request: Request | None) -> None:
         self.gen = gen
-        self.events: AsyncIterator = gen.__aiter__()
-        self.first: Any = None
+        self.events: AsyncIterator[Event] = gen.__aiter__()
+        self.first: Event | None = None
         self.first_token_s: float | None = None
         self._started = time.perf_counter()
         self._watch: asyncio.Task | None = None
@@ -99,7 +117,7 @@ class ActiveGeneration:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                log.debug("client went away: cancelling %s", getattr(self.gen, "model_id", "?"))
+                log.debug("client went away: cancelling %s", self.gen.model_id)
                 self.gen.cancel()
                 return
 
@@ -115,7 +133,7 @@ class ActiveGeneration:
             raise
         self.first_token_s = time.perf_counter() - self._started
 
-    async def __aiter__(self) -> AsyncIterator[Token | Done]:
+    async def __aiter__(self) -> AsyncIterator[Event]:
         if self.first is not None:
             first, self.first = self.first, None
             yield first
@@ -128,37 +146,49 @@ class ActiveGeneration:
             self._watch.cancel()
             self._watch = None
         self.gen.cancel()
-        aclose = getattr(self.events, "aclose", None)
-        if aclose is not None:
-            # Closing the async iterator cancels on the pool side too; never let it raise here.
-            task = asyncio.ensure_future(aclose())
-            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+        # Closing the async iterator cancels on the pool side too; never let it raise here.
+        task = asyncio.ensure_future(self.events.aclose())  # type: ignore[attr-defined]
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
 
-async def start_generation(gen: Any, request: Request | None) -> ActiveGeneration:
+async def start_generation(gen: Generation, request: Request | None) -> ActiveGeneration:
     active = ActiveGeneration(gen, request)
     await active.start()
     return active
 
 
+def failure_of(finish: Finish | None) -> GenerationFailed | None:
+    """Why a generation that has ended (or stopped sending) counts as failed, if it does."""
+    if finish is None:
+        return GenerationFailed("The generation ended without a final event.")
+    if finish.reason == "error":
+        return GenerationFailed(f"The model failed while generating: {finish.error or 'unknown error'}")
+    return None
+
+
 async def collect(active: ActiveGeneration) -> Outcome:
     """Run a started generation to its end; mid-generation failure raises GenerationFailed."""
     parts: list[str] = []
-    done: Done | None = None
+    calls: list[CollectedCall] = []
+    finish: Finish | None = None
     try:
         async for event in active:
-            if isinstance(event, Token):
+            if isinstance(event, TextDelta):
                 parts.append(event.text)
-            elif isinstance(event, Done):
-                done = event
+            elif isinstance(event, ToolCallStart):
+                calls.append(CollectedCall(event.id, event.name))
+            elif isinstance(event, ToolCallDelta):
+                calls[event.index].arguments += event.arguments
+            elif isinstance(event, Finish):
+                finish = event
                 break
     finally:
         active.close()
-    if done is None:
-        raise GenerationFailed("The generation ended without a final event.")
-    if done.finish_reason == "error":
-        raise GenerationFailed(f"The model failed while generating: {done.error or 'unknown error'}")
-    return Outcome("".join(parts), done)
+    failed = failure_of(finish)
+    if failed is not None:
+        raise failed
+    assert finish is not None
+    return Outcome("".join(parts), finish, calls)
 
 
 class Recorder(Protocol):
@@ -166,83 +196,86 @@ class Recorder(Protocol):
 
     def first_token(self, seconds: float) -> None: ...
 
-    def finish(self, done: Done | None, status: int) -> None: ...
+    def finish(self, done: Finish | None, status: int) -> None: ...
 
 
 async def respond(
     request: Request,
-    gen: Any,
+    gen: Generation,
     fmt: ChunkFormat,
     *,
     stream: bool,
     route: Route,
     recorder: Recorder | None = None,
-    on_close: Any = None,
+    on_close: Callable[[], None] | None = None,
 ) -> Response:
     """Serve one Generation in the caller's dialect (stream or one body)."""
-    headers = route_headers(route)
+    def closed() -> None:
+        if on_close is not None:
+            on_close()
+
     if stream:
         gen.hand_off_first_token()  # the first chunk is written before the worker decodes on
     try:
         active = await start_generation(gen, request)
     except BaseException:
-        if on_close is not None:
-            on_close()
+        closed()
         raise
     if recorder is not None and active.first_token_s is not None:
         recorder.first_token(active.first_token_s)
-
     if not stream:
         try:
             outcome = await collect(active)  # a failure here is counted by the error handler
         finally:
-            if on_close is not None:
-                on_close()
+            closed()
         if recorder is not None:
-            recorder.finish(outcome.done, 200)
-        return JSONResponse(fmt.body(outcome.text, outcome.done), headers=headers)
+            recorder.finish(outcome.finish, 200)
+        return JSONResponse(fmt.body(outcome), headers=route.headers())
+    headers = {**route.headers(), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(_stream(active, fmt, recorder, closed), media_type=fmt.media_type, headers=headers)
 
-    async def body() -> AsyncIterator[bytes]:
-        done: Done | None = None
-        status = 200
-        try:
-            head = fmt.head()
-            if head:
-                yield head
-            sent_first = False
-            async for event in active:
-                if isinstance(event, Token):
-                    if event.text:
-                        yield fmt.token(event.text)
-                    if not sent_first:  # resumed here once the chunk was handed to the socket
-                        sent_first = True
-                        gen.first_token_sent()
-                elif isinstance(event, Done):
-                    done = event
-                    break
-            if done is None:
-                status = 500
-                yield fmt.error(GenerationFailed("The generation ended without a final event."))
-            elif done.finish_reason == "error":
-                status = 500
-                yield fmt.error(GenerationFailed(f"The model failed while generating: {done.error or 'unknown error'}"))
-            else:
-                yield fmt.tail(done)
-        except RouterError as err:
-            status = err.status
-            if not isinstance(err, Cancelled):
-                yield fmt.error(err)
-        except Exception as exc:  # a bug must still end the stream in the dialect's shape
-            log.exception("stream failed")
+
+async def _stream(active: ActiveGeneration, fmt: ChunkFormat, recorder: Recorder | None,
+                  closed: Callable[[], None]) -> AsyncIterator[bytes]:
+    """The chunks of a started generation; always ends in the dialect's tail or error event."""
+    finish: Finish | None = None
+    status = 200
+    try:
+        head = fmt.head()
+        if head:
+            yield head
+        sent_first = False
+        async for event in active:
+            if isinstance(event, Finish):
+                finish = event
+                break
+            if isinstance(event, TextDelta):
+                if event.text:
+                    yield fmt.text(event.text)
+            elif isinstance(event, ToolCallStart):
+                yield fmt.tool_call_start(event)
+            elif isinstance(event, ToolCallDelta):
+                yield fmt.tool_call_delta(event)
+            if not sent_first:  # resumed here once the chunk was handed to the socket
+                sent_first = True
+                active.gen.first_token_sent()
+        failed = failure_of(finish)
+        if failed is not None:
             status = 500
-            yield fmt.error(GenerationFailed(f"Internal error while streaming ({exc.__class__.__name__})."))
-        finally:
-            active.close()
-            if on_close is not None:
-                on_close()
-            if recorder is not None:
-                recorder.finish(done, status if done is None or done.finish_reason != "cancelled" else 499)
-
-    return StreamingResponse(
-        body(), media_type=fmt.media_type, headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
+            yield fmt.error(failed)
+        else:
+            assert finish is not None
+            yield fmt.tail(finish)
+    except RouterError as err:
+        status = err.status
+        if not isinstance(err, Cancelled):
+            yield fmt.error(err)
+    except Exception as exc:  # a bug must still end the stream in the dialect's shape
+        log.exception("stream failed")
+        status = 500
+        yield fmt.error(GenerationFailed(f"Internal error while streaming ({exc.__class__.__name__})."))
+    finally:
+        active.close()
+        closed()
+        if recorder is not None:
+            recorder.finish(finish, status if finish is None or finish.reason != "cancelled" else 499)

@@ -15,6 +15,8 @@ from typing import Any, Iterator
 
 import uvicorn
 
+from router.state import AppState, app_state
+
 
 class LiveServer:
     """A started server: `url`, and the `app` whose state (pool, metrics) tests may inspect."""
@@ -44,8 +46,8 @@ class LiveServer:
         self.thread.join(timeout=30)
 
     @property
-    def state(self) -> Any:
-        return self.app.state
+    def state(self) -> AppState:
+        return app_state(self.app)
 
 
 @contextmanager

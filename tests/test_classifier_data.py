@@ -6,7 +6,7 @@ import json
 
 from classifier.dataset import DATA_DIR, DEV_SOURCES, EXCLUDED_SOURCES
 from classifier.evaluate import read_eval_file
-from classifier.labels import Label
+from models.labels import Label
 from classifier.request_view import ENDPOINTS
 from classifier.train import DEV_FILE, TRAIN_FILE
 

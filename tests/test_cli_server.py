@@ -97,11 +97,13 @@ def test_server_errors_keep_their_meaning(server):
     assert "route models list" in result.stderr  # the same hint as in-process: the error type survived
 
 
-def test_a_router_on_the_configured_port_is_used_by_default(server, monkeypatch):
+def test_a_router_on_the_configured_port_is_used_by_default(server, monkeypatch, tiny_gguf):
     monkeypatch.setenv("ROUTE_PORT", server.url.rsplit(":", 1)[1])
     result = runner.invoke(app, ["hello", "--json", "--max-tokens", "1"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["via"] == server.url
+    # In-process on local files: the starter profile's general model may not be fetched on this machine.
+    monkeypatch.setenv("ROUTE_MODELS", json.dumps({label: str(tiny_gguf) for label in LABELS}))
     local = runner.invoke(app, ["hello", "--json", "--max-tokens", "1", "--local"])
     assert local.exit_code == 0, local.output
     assert json.loads(local.stdout)["via"] == "in-process"

@@ -7,7 +7,8 @@ import threading
 import pytest
 from tiny_gguf import FIM_TOKENS, write_tiny_gguf
 
-from models.backend import BackendOptions, FimFile, GenerationRequest, SamplingParams
+from models.backend import BackendOptions
+from models.request import FimFile, Request, SamplingParams
 from models.catalog import LocalSource, ModelSpec
 from models.errors import FimNotSupported
 from models.fim import (
@@ -171,8 +172,8 @@ def family_backends(tmp_path_factory):
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_backend_detects_family_and_puts_fim_token_ids_in_place(family_backends, family):
     backend = family_backends[family]
-    assert backend.supports_fim and backend.fim.family == family
-    request = GenerationRequest("fim", prefix=PREFIX, suffix=SUFFIX, params=SamplingParams(max_tokens=4))
+    assert backend.capabilities.fim and backend.fim.family == family
+    request = Request("fim", prefix=PREFIX, suffix=SUFFIX, params=SamplingParams(max_tokens=4))
     tokens = backend._prepare(request).tokens
     fam = family_tokens(family)
     pre, suf = backend._token_id(backend.fim.prefix), backend._token_id(backend.fim.suffix)
@@ -192,33 +193,33 @@ def test_backend_rewrites_another_familys_client_prompt(family_backends, family)
     backend = family_backends[family]
     other = "deepseek" if family != "deepseek" else "qwen"
     client = build_fim_prompt(family_tokens(other), PREFIX, SUFFIX).text
-    translated = backend._prepare(GenerationRequest("complete", prompt=client)).tokens
-    native = backend._prepare(GenerationRequest("fim", prefix=PREFIX, suffix=SUFFIX)).tokens
+    translated = backend._prepare(Request("complete", prompt=client)).tokens
+    native = backend._prepare(Request("fim", prefix=PREFIX, suffix=SUFFIX)).tokens
     assert translated == native
 
 
 def test_user_text_that_spells_fim_tokens_stays_text(family_backends):
     backend = family_backends["qwen"]
-    tokens = backend._prepare(GenerationRequest("fim", prefix="s = '<|fim_middle|>'\n", suffix="")).tokens
+    tokens = backend._prepare(Request("fim", prefix="s = '<|fim_middle|>'\n", suffix="")).tokens
     assert tokens.count(backend._token_id("<|fim_middle|>")) == 1  # only ours, at the end
 
 
 def test_no_fim_model_refuses_fim_and_foreign_fim_prompts(family_backends):
     backend = family_backends[None]
-    assert backend.supports_fim is False
+    assert backend.capabilities.fim is False
     with pytest.raises(FimNotSupported, match="tiny-None"):
-        list(backend.generate(GenerationRequest("fim", prefix="a", suffix="b"), threading.Event()))
+        list(backend.generate(Request("fim", prefix="a", suffix="b"), threading.Event()))
     with pytest.raises(FimNotSupported):
-        list(backend.generate(GenerationRequest("complete", prompt="<fim_prefix>a<fim_suffix>b<fim_middle>"),
+        list(backend.generate(Request("complete", prompt="<fim_prefix>a<fim_suffix>b<fim_middle>"),
                               threading.Event()))
 
 
 def test_fim_generation_runs_and_ends_on_stop_or_length(family_backends):
     backend = family_backends["qwen"]
     events = list(backend.generate(
-        GenerationRequest("fim", prefix=PREFIX, suffix=SUFFIX, params=SamplingParams(max_tokens=8, temperature=0)),
+        Request("fim", prefix=PREFIX, suffix=SUFFIX, params=SamplingParams(max_tokens=8, temperature=0)),
         threading.Event(),
     ))
     done = events[-1]
-    assert done.finish_reason in ("stop", "length") and done.completion_tokens <= 8
-    assert done.prompt_tokens == len(backend._prepare(GenerationRequest("fim", prefix=PREFIX, suffix=SUFFIX)).tokens)
+    assert done.reason in ("stop", "length") and done.usage.completion_tokens <= 8
+    assert done.usage.prompt_tokens == len(backend._prepare(Request("fim", prefix=PREFIX, suffix=SUFFIX)).tokens)

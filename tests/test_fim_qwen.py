@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from models.backend import BackendOptions, GenerationRequest, SamplingParams
+from models.backend import BackendOptions
+from models.request import Request, SamplingParams, text_message
 from models.catalog import Catalog, LocalSource, ModelSpec
 from models.pool import Pool
 
@@ -49,9 +50,9 @@ def pool(qwen_gguf):
         yield p
 
 
-def fim_request(kind: str, **fields) -> GenerationRequest:
+def fim_request(kind: str, **fields) -> Request:
     # Single-line infilling: stop at the first newline and end the line (as bench/fim.py does).
-    return GenerationRequest(kind, params=SamplingParams(temperature=0.0, max_tokens=64, stop=("\n",)), **fields)
+    return Request(kind, params=SamplingParams(temperature=0.0, max_tokens=64, stop=("\n",)), **fields)
 
 
 def passes(problem: dict, middle: str) -> bool:
@@ -66,7 +67,7 @@ def test_fim_middles_make_the_tests_pass(pool, problems):
     for problem in problems:
         gen = pool.submit("qwen-coder", fim_request("fim", prefix=problem["prompt"], suffix=problem["suffix"]))
         middle, done = gen.collect()
-        assert done.finish_reason in ("stop", "length") and done.completion_tokens > 0
+        assert done.reason in ("stop", "length") and done.usage.completion_tokens > 0
         if not passes(problem, middle):
             failures.append((problem["task_id"], middle))
     assert not failures, failures
@@ -81,11 +82,11 @@ def test_a_clients_starcoder_template_is_rewritten_into_qwens(pool, problems):
 
 
 def test_chat_through_the_gguf_template(pool):
-    text, done = pool.submit("qwen-coder", GenerationRequest(
-        "chat", messages=({"role": "user", "content": "Reply with the word OK only."},),
+    text, done = pool.submit("qwen-coder", Request(
+        "chat", messages=(text_message("user", "Reply with the word OK only."),),
         params=SamplingParams(temperature=0.0, max_tokens=8),
     )).collect()
-    assert done.finish_reason == "stop" and "OK" in text
+    assert done.reason == "stop" and "OK" in text
 
 
 CACHE_SENSITIVE = [  # middles that used to change with the KV cache's state (bench/fim_dialects.py, 57/60 before)
@@ -101,7 +102,7 @@ def test_greedy_fim_does_not_depend_on_what_the_cache_held(pool):
         pytest.skip(f"HumanEval-SingleLineInfilling data not found at {DATA}")
     with gzip.open(DATA, "rt", encoding="utf-8") as f:
         rows = {r["task_id"]: r for r in map(json.loads, f)}
-    chat = GenerationRequest("chat", messages=({"role": "user", "content": "Hi"},), params=SamplingParams(max_tokens=1))
+    chat = Request("chat", messages=(text_message("user", "Hi"),), params=SamplingParams(max_tokens=1))
 
     def middle(task: str) -> str:
         problem = rows[task]

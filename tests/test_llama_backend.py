@@ -11,7 +11,9 @@ import threading
 import pytest
 from tiny_gguf import write_tiny_gguf
 
-from models.backend import BackendOptions, Done, GenerationRequest, SamplingParams, Token
+from models.backend import BackendOptions
+from models.events import Finish, TextDelta, Usage
+from models.request import Request, SamplingParams, text_message
 from models.catalog import LocalSource, ModelSpec
 from models.errors import ContextLengthExceeded, ModelLoadFailed
 from models.llama_backend import EXACT_ROW_GROUP, LlamaBackend, prompt_slices
@@ -35,9 +37,9 @@ def backend(tiny_gguf):
     b.close()
 
 
-def run(backend, request) -> tuple[list[Token], Done]:
+def run(backend, request) -> tuple[list[TextDelta], Finish]:
     events = list(backend.generate(request, threading.Event()))
-    assert isinstance(events[-1], Done) and all(isinstance(e, Token) for e in events[:-1])
+    assert isinstance(events[-1], Finish) and all(isinstance(e, TextDelta) for e in events[:-1])
     return events[:-1], events[-1]
 
 
@@ -45,18 +47,18 @@ def forced(byte: int, **kw) -> SamplingParams:
     return SamplingParams(temperature=0.0, logit_bias={byte_token(byte): 100.0}, **kw)
 
 
-def chat(content="hello", **params) -> GenerationRequest:
-    return GenerationRequest("chat", messages=({"role": "user", "content": content},), params=SamplingParams(**params))
+def chat(content="hello", **params) -> Request:
+    return Request("chat", messages=(text_message("user", content),), params=SamplingParams(**params))
 
 
 def test_chat_uses_the_gguf_template_and_reports_counts(backend):
     tokens, done = run(backend, chat(max_tokens=6, seed=3))
-    assert done.finish_reason in ("stop", "length")
-    assert done.completion_tokens == len(tokens) or done.completion_tokens >= len(tokens)
-    assert done.prompt_tokens == backend.count_prompt_tokens(chat())
+    assert done.reason in ("stop", "length")
+    assert done.usage.completion_tokens == len(tokens) or done.usage.completion_tokens >= len(tokens)
+    assert done.usage.prompt_tokens == backend.count_prompt_tokens(chat())
     im_start = backend._token_id("<|im_start|>")
     assert backend._prepare(chat()).tokens.count(im_start) == 2  # user turn + generation prompt
-    assert done.prompt_ms >= 0 and done.predicted_ms >= 0
+    assert done.usage.prompt_ms >= 0 and done.usage.predicted_ms >= 0
 
 
 def test_chat_template_override(tiny_gguf):
@@ -69,9 +71,9 @@ def test_chat_template_override(tiny_gguf):
 
 
 def test_max_tokens_ends_with_length(backend):
-    tokens, done = run(backend, GenerationRequest("complete", prompt="x", params=forced(ord("a"), max_tokens=5)))
+    tokens, done = run(backend, Request("complete", prompt="x", params=forced(ord("a"), max_tokens=5)))
     assert "".join(t.text for t in tokens) == "aaaaa"
-    assert (done.finish_reason, done.completion_tokens) == ("length", 5)
+    assert (done.reason, done.usage.completion_tokens) == ("length", 5)
 
 
 def alternating(first: int, second: int, **kw) -> SamplingParams:
@@ -82,30 +84,30 @@ def alternating(first: int, second: int, **kw) -> SamplingParams:
 
 def test_stop_string_across_tokens_is_cut_and_not_emitted(backend):
     params = alternating(ord("a"), ord("b"), max_tokens=20, stop=("bab",))
-    tokens, done = run(backend, GenerationRequest("complete", prompt="x", params=params))
+    tokens, done = run(backend, Request("complete", prompt="x", params=params))
     assert "".join(t.text for t in tokens) == "a"  # "abab": the stop starts at the first b
-    assert done.finish_reason == "stop" and done.completion_tokens == 4
-    tokens, done = run(backend, GenerationRequest("complete", prompt="x", params=alternating(ord("a"), ord("b"), max_tokens=5)))
+    assert done.reason == "stop" and done.usage.completion_tokens == 4
+    tokens, done = run(backend, Request("complete", prompt="x", params=alternating(ord("a"), ord("b"), max_tokens=5)))
     assert "".join(t.text for t in tokens) == "ababa"
     # Text held back as a possible stop's beginning is still delivered when the stop never comes.
     params = alternating(ord("a"), ord("b"), max_tokens=4, stop=("bx",))
-    tokens, done = run(backend, GenerationRequest("complete", prompt="x", params=params))
-    assert "".join(t.text for t in tokens) == "abab" and done.finish_reason == "length"
+    tokens, done = run(backend, Request("complete", prompt="x", params=params))
+    assert "".join(t.text for t in tokens) == "abab" and done.reason == "length"
 
 
 def test_t_max_predict_ms_stops_at_the_next_newline(backend):
-    tokens, done = run(backend, GenerationRequest("complete", prompt="x", params=forced(ord("\n"), max_tokens=6, t_max_predict_ms=0.001)))
-    assert "".join(t.text for t in tokens) == "\n" and done.completion_tokens == 1
+    tokens, done = run(backend, Request("complete", prompt="x", params=forced(ord("\n"), max_tokens=6, t_max_predict_ms=0.001)))
+    assert "".join(t.text for t in tokens) == "\n" and done.usage.completion_tokens == 1
     # Without a newline the limit never triggers: the generation runs to max_tokens.
-    tokens, done = run(backend, GenerationRequest("complete", prompt="x", params=forced(ord("b"), max_tokens=6, t_max_predict_ms=0.001)))
-    assert done.completion_tokens == 6
+    tokens, done = run(backend, Request("complete", prompt="x", params=forced(ord("b"), max_tokens=6, t_max_predict_ms=0.001)))
+    assert done.usage.completion_tokens == 6
 
 
 def test_utf8_split_across_tokens_is_joined(backend):
     # é is C3 A9: biases plus a frequency penalty make greedy alternate the two byte tokens.
     params = alternating(0xC3, 0xA9, max_tokens=8)
-    tokens, done = run(backend, GenerationRequest("complete", prompt="x", params=params))
-    assert done.completion_tokens == 8
+    tokens, done = run(backend, Request("complete", prompt="x", params=params))
+    assert done.usage.completion_tokens == 8
     assert all("\ufffd" not in t.text for t in tokens)
     assert "".join(t.text for t in tokens) == "éééé"
 
@@ -118,49 +120,47 @@ def test_seed_makes_sampling_repeatable(backend):
 
 def test_cancel_stops_within_one_token(backend):
     cancel = threading.Event()
-    events = backend.generate(GenerationRequest("complete", prompt="x", params=forced(ord("c"), max_tokens=200)), cancel)
+    events = backend.generate(Request("complete", prompt="x", params=forced(ord("c"), max_tokens=200)), cancel)
     got = [next(events) for _ in range(3)]
     cancel.set()
     rest = list(events)
-    assert all(isinstance(e, Token) for e in got)
-    assert len(rest) == 1 and rest[0].finish_reason == "cancelled" and rest[0].completion_tokens == 3
+    assert all(isinstance(e, TextDelta) for e in got)
+    assert len(rest) == 1 and rest[0].reason == "cancelled" and rest[0].usage.completion_tokens == 3
 
 
 def test_warmup_evaluates_the_prompt_and_generates_nothing(backend):
-    request = GenerationRequest("fim", prefix="def f(", suffix=")\n", warmup=True)
+    request = Request("fim", prefix="def f(", suffix=")\n", warmup=True)
     tokens, done = run(backend, request)
-    assert tokens == [] and done.completion_tokens == 0 and done.prompt_tokens > 0
+    assert tokens == [] and done.usage.completion_tokens == 0 and done.usage.prompt_tokens > 0
     # The evaluated prompt stays in the KV cache: the real request reuses it.
-    _, done2 = run(backend, GenerationRequest("fim", prefix="def f(", suffix=")\n", params=SamplingParams(max_tokens=2)))
-    assert done2.cached_tokens > 0
-    assert done2.prompt_tokens - done2.cached_tokens <= 2 * EXACT_ROW_GROUP  # at most the last row groups again
+    _, done2 = run(backend, Request("fim", prefix="def f(", suffix=")\n", params=SamplingParams(max_tokens=2)))
+    assert done2.usage.cached_tokens > 0
+    assert done2.usage.prompt_tokens - done2.usage.cached_tokens <= 2 * EXACT_ROW_GROUP  # at most the last row groups again
 
 
-def test_prompt_longer_than_the_context_is_refused_before_any_work(backend):
-    long = GenerationRequest("complete", prompt="word " * 600)
+def test_prompt_longer_than_the_context_is_counted_before_any_work(backend):
+    # The pool refuses it from this count (tests/test_pool.py); the backend only has to count right.
+    long = Request("complete", prompt="word " * 600)
     assert backend.count_prompt_tokens(long) > backend.n_ctx
-    with pytest.raises(ContextLengthExceeded, match="context of 512 tokens") as err:
-        next(iter(backend.generate(long, threading.Event())))
-    assert err.value.status == 400
     _, done = run(backend, chat(max_tokens=2))  # still serving
-    assert done.completion_tokens >= 1 or done.finish_reason == "stop"
+    assert done.usage.completion_tokens >= 1 or done.reason == "stop"
 
 
 def test_megabyte_prompt_is_refused_by_its_size_without_tokenizing(backend):
     # No token of this vocabulary spans more than a few bytes, so 1 MB cannot fit 512 tokens:
     # the refusal names the byte count (the early path), not a token count from the tokenizer.
     huge = "x = 1\n" * 200_000
-    for request in (GenerationRequest("complete", prompt=huge), chat(huge)):
+    for request in (Request("complete", prompt=huge), chat(huge)):
         with pytest.raises(ContextLengthExceeded, match=r"The prompt is \d+ bytes: at least \d+ tokens"):
             backend.count_prompt_tokens(request)
     _, done = run(backend, chat(max_tokens=2))  # still serving
-    assert done.finish_reason in {"stop", "length"}
+    assert done.reason in {"stop", "length"}
 
 
 def test_overlong_fim_is_trimmed_like_llama_cpp(backend):
-    request = GenerationRequest("fim", prefix="p" * 3000, suffix="s" * 3000, params=SamplingParams(max_tokens=4))
+    request = Request("fim", prefix="p" * 3000, suffix="s" * 3000, params=SamplingParams(max_tokens=4))
     tokens, done = run(backend, request)
-    assert done.truncated and done.prompt_tokens <= backend.n_ctx - 4
+    assert done.truncated and done.usage.prompt_tokens <= backend.n_ctx - 4
 
 
 def test_memory_accounts_for_weights_and_kv_cache(backend, tiny_gguf):
@@ -191,7 +191,7 @@ def test_no_chat_template_falls_back_to_chatml_when_the_vocab_has_it(tmp_path):
     try:
         assert "<|im_start|>" in b.chat_template
         _, done = run(b, chat(max_tokens=2))
-        assert done.prompt_tokens > 0
+        assert done.usage.prompt_tokens > 0
     finally:
         b.close()
 

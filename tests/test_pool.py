@@ -9,7 +9,9 @@ import time
 import pytest
 from tiny_gguf import write_tiny_gguf
 
-from models.backend import BackendOptions, Done, GenerationRequest, SamplingParams, Token
+from models.backend import BackendOptions
+from models.events import Finish, TextDelta, Usage
+from models.request import Request, SamplingParams
 from models.catalog import Catalog, LocalSource, ModelSpec
 from models.errors import (
     ContextLengthExceeded,
@@ -49,13 +51,13 @@ def make_pool(files, *names, **kw) -> Pool:
     return Pool(catalog(files, *names), options=OPTS, **kw)
 
 
-def quick(max_tokens=3) -> GenerationRequest:
-    return GenerationRequest("complete", prompt="hi", params=SamplingParams(max_tokens=max_tokens, seed=1))
+def quick(max_tokens=3) -> Request:
+    return Request("complete", prompt="hi", params=SamplingParams(max_tokens=max_tokens, seed=1))
 
 
-def endless() -> GenerationRequest:
+def endless() -> Request:
     """Forced non-EOG token: runs until cancelled (or the long context fills)."""
-    return GenerationRequest("complete", prompt="x", params=SamplingParams(temperature=0.0, logit_bias={100: 100.0}))
+    return Request("complete", prompt="x", params=SamplingParams(temperature=0.0, logit_bias={100: 100.0}))
 
 
 def wait_until(predicate, timeout=10.0):
@@ -75,7 +77,7 @@ def start_running(pool, model_id):
     """Submit an endless generation and wait until it is producing tokens."""
     gen = pool.submit(model_id, endless())
     it = iter(gen)
-    assert isinstance(next(it), Token)
+    assert isinstance(next(it), TextDelta)
     return gen, it
 
 
@@ -90,11 +92,11 @@ def test_loads_on_first_use_and_reports_load_time(files):
     with make_pool(files, "a") as pool:
         assert state(pool, "a").loaded is False
         text, done = pool.submit("a", quick()).collect()
-        assert done.load_ms > 0 and done.completion_tokens >= 1 or done.finish_reason == "stop"
+        assert done.usage.load_ms > 0 and done.usage.completion_tokens >= 1 or done.reason == "stop"
         s = state(pool, "a")
-        assert s.loaded and s.supports_fim is True and s.size_bytes > files["a"].stat().st_size
+        assert s.loaded and s.capabilities.fim is True and s.size_bytes > files["a"].stat().st_size
         _, done2 = pool.submit("a", quick()).collect()
-        assert done2.load_ms == 0
+        assert done2.usage.load_ms == 0
         assert pool.counters.loads == {"a": 1} and pool.counters.requests == {"a": 2}
 
 
@@ -132,7 +134,7 @@ def test_never_evicts_a_generating_model_and_the_load_waits(files):
         assert state(pool, "b").loading
         gen_a.cancel()
         _, done = gen_b.collect()
-        assert done.finish_reason in ("stop", "length")
+        assert done.reason in ("stop", "length")
         assert not state(pool, "a").loaded and pool.counters.evictions == {"a": 1}
 
 
@@ -171,7 +173,7 @@ def test_full_queue_is_overloaded_and_a_queued_request_is_dropped_on_cancel(file
         assert err.value.retry_after >= 1 and pool.counters.rejected == {"a": 1}
         queued.cancel()
         events = list(queued)
-        assert events == [Done("cancelled")]  # dropped: never ran, no tokens
+        assert events == [Finish("cancelled")]  # dropped: never ran, no tokens
         assert state(pool, "a").queue_depth == 0 and state(pool, "a").generating == 1
         running.cancel()
         assert wait_until(lambda: state(pool, "a").generating == 0)
@@ -183,20 +185,20 @@ def test_cancel_running_stops_within_one_token(files):
         gen, it = start_running(pool, "a")
         # Freeze the hand-over while cancelling: tokens made after this point are the overrun.
         with gen._lock:
-            produced = 1 + sum(isinstance(x, Token) for x in gen._items)
+            produced = 1 + sum(isinstance(x, TextDelta) for x in gen._items)
             gen.cancel()
         rest = list(it)
         done = rest[-1]
-        assert done.finish_reason == "cancelled"
-        assert done.completion_tokens - produced <= 1
-        assert done.completion_tokens < LONG_CTX - 10
+        assert done.reason == "cancelled"
+        assert done.usage.completion_tokens - produced <= 1
+        assert done.usage.completion_tokens < LONG_CTX - 10
 
 
 def test_a_cold_load_is_not_aborted_when_its_request_goes_away(files):
     with make_pool(files, "a") as pool:
         gen = pool.submit("a", quick())
         gen.cancel()
-        assert list(gen) == [Done("cancelled")]
+        assert list(gen) == [Finish("cancelled")]
         assert wait_until(lambda: state(pool, "a").loaded)
         assert pool.counters.loads == {"a": 1} and "a" not in pool.counters.tokens
 
@@ -209,7 +211,7 @@ def test_corrupt_and_missing_files_fail_only_their_model(files):
         with pytest.raises(WeightsUnavailable, match="missing"):
             pool.submit("missing", quick()).collect()
         _, done = pool.submit("a", quick()).collect()
-        assert done.finish_reason in ("stop", "length")
+        assert done.reason in ("stop", "length")
         bad = state(pool, "truncated")
         assert not bad.loaded and "truncated" in bad.load_error
         assert pool.counters.load_failures == {"truncated": 1, "missing": 1}
@@ -229,25 +231,25 @@ def test_missing_file_with_a_plain_resolver_is_model_load_failed(files):
 def test_context_overflow_is_refused_before_any_token(files):
     pool = Pool(catalog(files, "a", n_ctx=128), options=OPTS, memory_budget_bytes=10**9, queue_size=4)
     with pool:
-        gen = pool.submit("a", GenerationRequest("complete", prompt="word " * 200))
+        gen = pool.submit("a", Request("complete", prompt="word " * 200))
         with pytest.raises(ContextLengthExceeded, match="context of 128"):
             next(iter(gen))
         _, done = pool.submit("a", quick()).collect()  # the model keeps serving
-        assert done.finish_reason in ("stop", "length")
+        assert done.reason in ("stop", "length")
 
 
 def test_fim_on_a_model_without_fim_tokens(files):
     with make_pool(files, "nofim") as pool:
-        assert state(pool, "nofim").supports_fim is None  # unknown before loading
+        assert state(pool, "nofim").capabilities.fim is None  # unknown before loading
         with pytest.raises(FimNotSupported, match="'nofim'"):
-            pool.submit("nofim", GenerationRequest("fim", prefix="a", suffix="b")).collect()
-        assert state(pool, "nofim").supports_fim is False
+            pool.submit("nofim", Request("fim", prefix="a", suffix="b")).collect()
+        assert state(pool, "nofim").capabilities.fim is False
         with pytest.raises(FimNotSupported):  # now known without any work
-            pool.submit("nofim", GenerationRequest("fim", prefix="a", suffix="b"))
+            pool.submit("nofim", Request("fim", prefix="a", suffix="b"))
         with pytest.raises(FimNotSupported):  # a client's pre-templated FIM prompt too
-            pool.submit("nofim", GenerationRequest("complete", prompt="<fim_prefix>a<fim_suffix>b<fim_middle>"))
+            pool.submit("nofim", Request("complete", prompt="<fim_prefix>a<fim_suffix>b<fim_middle>"))
         _, done = pool.submit("nofim", quick()).collect()  # plain completions are fine
-        assert done.finish_reason in ("stop", "length")
+        assert done.reason in ("stop", "length")
 
 
 def test_requests_from_many_threads_are_served_one_at_a_time(files):
@@ -262,19 +264,19 @@ def test_requests_from_many_threads_are_served_one_at_a_time(files):
             t.start()
         for t in threads:
             t.join(30)
-        assert len(results) == 6 and all(d.finish_reason in ("stop", "length") for d in results)
+        assert len(results) == 6 and all(d.reason in ("stop", "length") for d in results)
         assert pool.counters.requests == {"a": 6} and pool.counters.loads == {"a": 1}
 
 
 def test_async_iteration_and_abandoning_it_cancels(files):
     async def scenario(pool):
         texts = [ev async for ev in pool.submit("a", quick(4))]
-        assert isinstance(texts[-1], Done) and all(isinstance(e, Token) for e in texts[:-1])
+        assert isinstance(texts[-1], Finish) and all(isinstance(e, TextDelta) for e in texts[:-1])
 
         gen = pool.submit("a", endless())
         agen = gen.__aiter__()
         for _ in range(2):
-            assert isinstance(await agen.__anext__(), Token)
+            assert isinstance(await agen.__anext__(), TextDelta)
         await agen.aclose()  # the client went away
         assert gen.cancelled
 
@@ -311,7 +313,7 @@ def test_close_cancels_everything_and_frees_models(files):
     pool = make_pool(files, "a")
     gen, it = start_running(pool, "a")
     pool.close()
-    assert list(it)[-1].finish_reason == "cancelled"
+    assert list(it)[-1].reason == "cancelled"
     assert not state(pool, "a").loaded
 
 
@@ -321,22 +323,22 @@ def test_a_streaming_consumers_first_token_leaves_before_the_next_decode(files, 
     monkeypatch.setattr(pool_module, "FIRST_TOKEN_HANDOFF_S", 30.0)  # wait for the signal, not the cap
     with make_pool(files, "a") as pool:
         pool.preload("a")
-        request = GenerationRequest("complete", prompt="x", params=SamplingParams(
+        request = Request("complete", prompt="x", params=SamplingParams(
             temperature=0.0, max_tokens=5, logit_bias={100: 100.0}))
         gen = pool.submit("a", request)
         gen.hand_off_first_token()
         events = iter(gen)
-        assert isinstance(next(events), Token)
+        assert isinstance(next(events), TextDelta)
         time.sleep(0.2)  # a free-running worker would have finished all five tokens by now
         assert len(gen._items) == 0
         gen.first_token_sent()
         rest = list(events)
-        assert len(rest) == 5 and rest[-1].completion_tokens == 5
+        assert len(rest) == 5 and rest[-1].usage.completion_tokens == 5
 
         # Not asked for (non-streaming callers, the CLI): no waiting at all, even with a 30 s cap.
         started = time.monotonic()
         text, done = pool.submit("a", request).collect()
-        assert done.completion_tokens == 5 and time.monotonic() - started < 10
+        assert done.usage.completion_tokens == 5 and time.monotonic() - started < 10
 
         # A consumer that goes away while the worker waits releases it at once.
         gen = pool.submit("a", request)
@@ -345,6 +347,6 @@ def test_a_streaming_consumers_first_token_leaves_before_the_next_decode(files, 
         next(events)
         started = time.monotonic()
         gen.cancel()
-        assert list(events)[-1].finish_reason in ("cancelled", "length")
+        assert list(events)[-1].reason in ("cancelled", "length")
         pool.submit("a", quick()).collect()  # the worker is free again
         assert time.monotonic() - started < 10

@@ -241,16 +241,17 @@ def test_model_file_deleted_while_loaded_keeps_serving_until_unloaded(two_model_
 TRUNCATE_WHILE_LOADED = r"""
 import shutil, sys, threading
 sys.path[:0] = [sys.argv[1]]
-from models.backend import BackendOptions, GenerationRequest, SamplingParams
+from models.backend import BackendOptions
+from models.request import Request, SamplingParams
 from models.catalog import catalog_from_files
 from models.llama_backend import LlamaBackend
 path = sys.argv[2]
 backend = LlamaBackend(catalog_from_files({"chat": path}, n_ctx=256).models[0], path, BackendOptions(n_threads=1))
-request = GenerationRequest(kind="complete", params=SamplingParams(max_tokens=4), prompt="hello")
+request = Request(kind="complete", params=SamplingParams(max_tokens=4), prompt="hello")
 list(backend.generate(request, threading.Event()))
 with open(path, "r+b") as f:
     f.truncate(1000)
-print(list(backend.generate(request, threading.Event()))[-1].finish_reason, flush=True)
+print(list(backend.generate(request, threading.Event()))[-1].reason, flush=True)
 """
 
 
@@ -327,14 +328,15 @@ def test_one_enormous_run_of_a_character_is_a_clear_400(server, run):
 TOKENIZE_RUNS = r"""
 import sys
 sys.path[:0] = [sys.argv[1]]
-from models.backend import BackendOptions, GenerationRequest, SamplingParams
+from models.backend import BackendOptions
+from models.request import Request, SamplingParams
 from models.catalog import catalog_from_files
 from models.llama_backend import LlamaBackend
 path = sys.argv[2]
 # n_ctx large enough that the size pre-check lets these through to the tokenizer itself
 backend = LlamaBackend(catalog_from_files({"chat": path}, n_ctx=4096).models[0], path, BackendOptions(n_threads=1))
 for text in ("y" * 100_000, " " * 100_000, "ab" * 60_000):
-    request = GenerationRequest(kind="complete", params=SamplingParams(max_tokens=2), prompt=text)
+    request = Request(kind="complete", params=SamplingParams(max_tokens=2), prompt=text)
     print(backend.count_prompt_tokens(request), flush=True)
 """
 

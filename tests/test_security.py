@@ -29,6 +29,7 @@ from models.catalog import CatalogError, catalog_from_files, load_catalog
 from router.app import create_app
 from router.cli import app as cli_app
 from router.security import InsecureBind, is_loopback
+from router.state import app_state
 from router.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -361,7 +362,7 @@ def test_api_key_never_appears_in_logs(tiny_gguf, tmp_path, caplog, capfd):
             thread.join(30)
         assert "GET /metrics" in caplog.text or "/metrics" in capfd.readouterr().err + caplog.text  # logs were on
     out, err = capfd.readouterr()
-    everything = caplog.text + out + err + repr(app.state.settings) + str(app.state.settings.model_dump())
+    everything = caplog.text + out + err + repr(app_state(app).settings) + str(app_state(app).settings.model_dump())
     assert KEY not in everything
     assert WRONG_KEY not in everything
 

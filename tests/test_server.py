@@ -214,7 +214,8 @@ def test_openai_unknown_argument_is_refused_by_name(http):
         ([], "messages"),
         ([{"role": "wizard", "content": "x"}], "messages[0].role"),
         ([{"role": "assistant", "content": "I start"}], "messages"),
-        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages[0].content[0].type"),
+        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages[0].content[0]"),
+            ([{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}], "messages[0].content[0].type"),
     ],
 )
 def test_openai_bad_messages_name_the_field(http, messages, param):

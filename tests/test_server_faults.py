@@ -16,7 +16,7 @@ import pytest
 
 from server_harness import isolated_env, live_server
 
-from models.backend import Done
+from models.events import Finish, Usage
 from models.catalog import catalog_from_files
 from router.app import create_app
 from router.dialects.llamacpp import LlamaFormat, LlamaSampling
@@ -111,6 +111,6 @@ def test_failure_after_headers_ends_the_stream_in_each_dialect():
     assert json.loads(line) == {"error": "The model failed while generating: boom"}
     llama = LlamaFormat("m", LlamaSampling.model_validate({})).error(err).decode()
     assert json.loads(llama[6:])["error"]["code"] == 500
-    tail = OpenAIFormat(False, "m", True).tail(Done("stop", prompt_tokens=3, completion_tokens=2)).decode()
+    tail = OpenAIFormat(False, "m", True).tail(Finish("stop", Usage(prompt_tokens=3, completion_tokens=2))).decode()
     events = [e for e in tail.split("\n\n") if e]
     assert json.loads(events[1][6:])["usage"]["total_tokens"] == 5 and events[-1] == "data: [DONE]"

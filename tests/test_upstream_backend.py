@@ -12,14 +12,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from models.backend import BackendOptions, Done, GenerationRequest, SamplingParams, Token
+from models.backend import BackendOptions
+from models.events import Finish, TextDelta, Usage
+from models.request import Request, SamplingParams, text_message
 from models.catalog import ModelSpec
 from models.errors import FimNotSupported, UpstreamUnavailable
 from models.upstream_backend import UpstreamBackend
 from tiny_gguf import write_tiny_gguf
 from upstream_harness import LONG_STREAM_BIAS, LlamaCppServer, MisbehavingServer, UnreachableServer, free_port
 
-CHAT = GenerationRequest("chat", messages=({"role": "user", "content": "hello"},), params=SamplingParams(max_tokens=8))
+CHAT = Request("chat", messages=(text_message("user", "hello"),), params=SamplingParams(max_tokens=8))
 
 
 def upstream_spec(urls: list[str], **source) -> ModelSpec:
@@ -28,19 +30,19 @@ def upstream_spec(urls: list[str], **source) -> ModelSpec:
     )
 
 
-def run(backend: UpstreamBackend, request: GenerationRequest, cancel: threading.Event | None = None) -> list:
+def run(backend: UpstreamBackend, request: Request, cancel: threading.Event | None = None) -> list:
     return list(backend.generate(request, cancel or threading.Event()))
 
 
-def long_request(n: int = 3000) -> GenerationRequest:
-    return GenerationRequest("complete", prompt="x", params=SamplingParams(max_tokens=n, logit_bias=LONG_STREAM_BIAS))
+def long_request(n: int = 3000) -> Request:
+    return Request("complete", prompt="x", params=SamplingParams(max_tokens=n, logit_bias=LONG_STREAM_BIAS))
 
 
-def assert_stream_shape(events: list) -> Done:
+def assert_stream_shape(events: list) -> Finish:
     assert events, "no events"
-    assert all(isinstance(e, Token) for e in events[:-1]), events
+    assert all(isinstance(e, TextDelta) for e in events[:-1]), events
     done = events[-1]
-    assert isinstance(done, Done), done
+    assert isinstance(done, Finish), done
     return done
 
 
@@ -100,16 +102,16 @@ def misbehaving():
 
 def test_chat_complete_and_fim_stream_through_a_real_upstream(two_replicas, make_backend):
     backend = make_backend([two_replicas[0].url], fim_family="qwen")
-    assert backend.supports_fim and backend.parallel >= 2
+    assert backend.capabilities.fim and backend.parallel >= 2
     requests = [
         CHAT,
-        GenerationRequest("complete", prompt="def add(a, b):", params=SamplingParams(max_tokens=8)),
-        GenerationRequest("fim", prefix="def add(a, b):\n    ", suffix="\n", params=SamplingParams(max_tokens=8)),
+        Request("complete", prompt="def add(a, b):", params=SamplingParams(max_tokens=8)),
+        Request("fim", prefix="def add(a, b):\n    ", suffix="\n", params=SamplingParams(max_tokens=8)),
     ]
     for request in requests:
         done = assert_stream_shape(run(backend, request))
-        assert done.finish_reason in ("stop", "length") and done.error is None
-        assert done.prompt_tokens > 0
+        assert done.reason in ("stop", "length") and done.error is None
+        assert done.usage.prompt_tokens > 0
     assert two_replicas[0].requests_served("/v1/chat/completions") >= 1
     assert two_replicas[0].requests_served("/v1/completions") >= 2
 
@@ -118,7 +120,7 @@ def test_fim_prompt_is_built_for_the_upstream_family(make_backend):
     """FIM to an OpenAI-style upstream goes as /v1/completions with the family's own tokens and stops;
     a client's prompt pre-templated for another family is rewritten into the upstream's."""
     backend = make_backend([f"http://127.0.0.1:{free_port()}"], fim_family="qwen")
-    call = backend._prepare(GenerationRequest("fim", prefix="a = ", suffix="\nb = 2\n"))
+    call = backend._prepare(Request("fim", prefix="a = ", suffix="\nb = 2\n"))
     assert call.path == "/v1/completions"
     assert call.body["prompt"] == "<|fim_prefix|>a = <|fim_suffix|>\nb = 2\n<|fim_middle|>"
     assert "<|endoftext|>" in call.body["stop"] and "<|file_sep|>" in call.body["stop"]
@@ -129,23 +131,23 @@ def test_fim_prompt_is_built_for_the_upstream_family(make_backend):
     assert call.body["repeat_penalty"] == 1.0
 
     starcoder_prompt = "<fim_prefix>a = <fim_suffix>\nb = 2\n<fim_middle>"
-    call = backend._prepare(GenerationRequest("complete", prompt=starcoder_prompt))
+    call = backend._prepare(Request("complete", prompt=starcoder_prompt))
     assert call.body["prompt"] == "<|fim_prefix|>a = <|fim_suffix|>\nb = 2\n<|fim_middle|>"
 
 
 def test_llama_cpp_api_sends_fim_to_infill(make_backend):
     backend = make_backend([f"http://127.0.0.1:{free_port()}"], api="llama.cpp")
-    assert backend.supports_fim
-    call = backend._prepare(GenerationRequest("fim", prefix="a = ", suffix="\n", params=SamplingParams(max_tokens=5)))
+    assert backend.capabilities.fim
+    call = backend._prepare(Request("fim", prefix="a = ", suffix="\n", params=SamplingParams(max_tokens=5)))
     assert call.path == "/infill"
     assert call.body["input_prefix"] == "a = " and call.body["input_suffix"] == "\n" and call.body["n_predict"] == 5
 
 
 def test_fim_without_a_family_is_refused_clearly(make_backend):
     backend = make_backend([f"http://127.0.0.1:{free_port()}"])  # api openai, no fim_family
-    assert not backend.supports_fim
+    assert not backend.capabilities.fim
     with pytest.raises(FimNotSupported, match="fim_family"):
-        run(backend, GenerationRequest("fim", prefix="a", suffix="b"))
+        run(backend, Request("fim", prefix="a", suffix="b"))
 
 
 def test_tokens_arrive_while_the_upstream_is_still_generating(two_replicas, make_backend):
@@ -154,11 +156,11 @@ def test_tokens_arrive_while_the_upstream_is_still_generating(two_replicas, make
     start = time.perf_counter()
     first = None
     for event in backend.generate(long_request(400), threading.Event()):
-        if first is None and isinstance(event, Token):
+        if first is None and isinstance(event, TextDelta):
             first = time.perf_counter() - start
     total = time.perf_counter() - start
-    assert isinstance(event, Done) and event.finish_reason == "length"
-    assert event.completion_tokens > 300
+    assert isinstance(event, Finish) and event.reason == "length"
+    assert event.usage.completion_tokens > 300
     assert first is not None and first < total / 4, (first, total)
 
 
@@ -184,7 +186,7 @@ def test_concurrent_requests_go_to_the_least_busy_replica(two_replicas, make_bac
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda _: run(backend, long_request(300)), range(2)))
     for events in results:
-        assert assert_stream_shape(events).finish_reason == "length"
+        assert assert_stream_shape(events).reason == "length"
     served = [s.requests_served("/v1/completions") - n for s, n in zip(two_replicas, before)]
     assert served == [1, 1], served
 
@@ -230,7 +232,7 @@ def test_replica_killed_mid_stream_ends_with_an_error_event(long_gguf, tmp_path,
                 server.kill()
         done = assert_stream_shape(events)
         assert len(events) > 5
-        assert done.finish_reason == "error"
+        assert done.reason == "error"
         assert server.url in done.error and "mid-stream" in done.error
         assert backend.replicas.snapshot()[0]["healthy"] is False
     finally:
@@ -267,7 +269,7 @@ def test_first_token_timeout_fails_over_to_another_replica(two_replicas, misbeha
     silent = misbehaving("silent")
     backend = make_backend([silent.url, two_replicas[1].url], BackendOptions(first_token_timeout_s=0.5))
     done = assert_stream_shape(run(backend, CHAT))  # first pick: the silent one, then the real one
-    assert done.error is None and done.finish_reason in ("stop", "length")
+    assert done.error is None and done.reason in ("stop", "length")
     assert len(silent.connections) == 1
     assert backend.replicas.snapshot()[0]["healthy"] is False
 
@@ -275,10 +277,10 @@ def test_first_token_timeout_fails_over_to_another_replica(two_replicas, misbeha
 def test_idle_stream_timeout_ends_with_an_error_event(misbehaving, make_backend):
     stalling = misbehaving("stall")
     backend = make_backend([stalling.url], BackendOptions(idle_stream_timeout_s=0.5))
-    events = run(backend, GenerationRequest("complete", prompt="x"))
+    events = run(backend, Request("complete", prompt="x"))
     done = assert_stream_shape(events)
     assert [e.text for e in events[:-1]] == ["x"]
-    assert done.finish_reason == "error" and "silent for more than 0.5s" in done.error
+    assert done.reason == "error" and "silent for more than 0.5s" in done.error
 
 
 def test_connect_timeout_is_configurable(make_backend):
@@ -302,7 +304,7 @@ def test_cancel_cuts_a_silent_upstream_at_once(misbehaving, make_backend):
     start = time.perf_counter()
     events = run(backend, CHAT, cancel)
     assert time.perf_counter() - start < 1.5
-    assert [type(e) for e in events] == [Done] and events[0].finish_reason == "cancelled"
+    assert [type(e) for e in events] == [Finish] and events[0].reason == "cancelled"
     assert backend.replicas.snapshot()[0]["healthy"] is True  # our cancel is not the replica's fault
 
 
@@ -317,7 +319,7 @@ def test_cancel_mid_stream_closes_the_upstream_stream(two_replicas, make_backend
             cancel.set()
     assert time.perf_counter() - start < 5  # 3000 tokens take ~15 s here
     done = assert_stream_shape(events)
-    assert done.finish_reason == "cancelled" and len(events) <= 5
+    assert done.reason == "cancelled" and len(events) <= 5
 
 
 # --- slots per replica ---------------------------------------------------------------------------
@@ -332,7 +334,7 @@ def test_parallel_one_queues_here_instead_of_cutting_streams_short(two_replicas,
         results = list(pool.map(lambda _: run(backend, long_request(200)), range(2)))
     for events in results:
         done = assert_stream_shape(events)
-        assert done.finish_reason == "length" and done.error is None, done
+        assert done.reason == "length" and done.error is None, done
 
 
 def test_an_interrupted_stream_is_reported_never_passed_off_as_finished(two_replicas, make_backend):
@@ -348,9 +350,9 @@ def test_an_interrupted_stream_is_reported_never_passed_off_as_finished(two_repl
             except UpstreamUnavailable as exc:
                 outcomes.append(exc)
     for outcome in outcomes:
-        if isinstance(outcome, Done):
-            assert outcome.finish_reason == "length" or "interrupted" in (outcome.error or ""), outcome
+        if isinstance(outcome, Finish):
+            assert outcome.reason == "length" or "interrupted" in (outcome.error or ""), outcome
         else:
             assert "interrupted" in outcome.message
-    assert any(isinstance(o, Done) and o.finish_reason == "length" for o in outcomes)
+    assert any(isinstance(o, Finish) and o.reason == "length" for o in outcomes)
     assert backend.replicas.snapshot()[0]["healthy"]  # cut short on purpose: not the replica's fault

@@ -1,7 +1,7 @@
 """Reading a request body: JSON whatever the Content-Type says (curl sends form types), checked text.
 
-Each dialect validates the parsed object with its own pydantic model; failures become one
-InvalidRequest naming the field. The model's JSON schema is published in the OpenAPI document
+Each dialect validates the parsed object with its own pydantic model (and turns it into the
+internal Request, once); failures become one InvalidRequest naming the field. The model's JSON schema is published in the OpenAPI document
 (inlined, so schema-driven fuzzers see every field).
 """
 
@@ -63,12 +63,6 @@ def validate(model: type[M], data: dict[str, Any]) -> M:
     except ValidationError as exc:
         # Locations as FastAPI reports them (under "body"), so a field named `body` keeps its name.
         raise from_validation_errors([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-
-
-async def parse(request: Request, model: type[M]) -> tuple[M, dict[str, Any]]:
-    """(validated model, raw dict): the raw dict is what the classifier reads."""
-    data = await read_json(request)
-    return validate(model, data), data
 
 
 def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:

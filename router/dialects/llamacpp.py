@@ -10,18 +10,25 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
+from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.backend import Done, FimFile, GenerationRequest
+from models.catalog import ModelSpec
 from models.errors import ModelNotFound, RouterError, UnsupportedParameter
-from router.dialects.body import openapi_body, parse
-from router.dialects.dispatch import Superseder, answer, route_request, state, submit
+from models.events import Finish
+from models.labels import LABELS
+from models.pool import Pool
+from models.request import FimFile, Request
+from router.dialects.body import openapi_body, read_json, validate
+from router.dialects.dispatch import answer, route_request, submit
 from router.dialects.sampling import MAX_TOKENS_LIMIT, LlamaCppExtras, logit_bias_map, sampling_params, stop_tuple
 from router.errors import LLAMACPP, error_body
-from router.routing import LABELS
-from router.streaming import SSE, collect, json_str, route_headers, start_generation
+from router.routing import Route
+from router.state import state
+from router.streaming import SSE, Outcome, TextOnly, collect, json_str, start_generation
+from router.superseder import Superseder
 
 MAX_N_CMPL = 8
 STOP_TYPE = {"stop": "eos", "length": "limit", "cancelled": "none", "error": "none"}
@@ -86,10 +93,12 @@ class InfillRequest(LlamaSampling):
     input_extra: list[ExtraChunk] = Field(default_factory=list, description="Repo context chunks {text, filename}.")
     prompt: str = Field("", description="The current line up to the cursor, appended to the prefix.")
 
-    def generation(self, seed_offset: int = 0) -> GenerationRequest:
-        return GenerationRequest(
-            kind="fim",
-            params=self.params(seed_offset),
+    def to_request(self, seed_offset: int = 0) -> Request:
+        return Request(
+            "fim",
+            "/infill",
+            self.model,
+            self.params(seed_offset),
             prefix=self.input_prefix,
             suffix=self.input_suffix,
             prompt=self.prompt,
@@ -107,22 +116,33 @@ class LlamaCompletionRequest(LlamaSampling):
             raise UnsupportedParameter("Only one text prompt per request is supported.", param="prompt")
         return self
 
-    def generation(self, seed_offset: int = 0) -> GenerationRequest:
+    def to_request(self, seed_offset: int = 0) -> Request:
         text = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
-        return GenerationRequest(kind="complete", params=self.params(seed_offset), prompt=text, warmup=self.limit == 0)
+        return Request("complete", "/completion", self.model, self.params(seed_offset), prompt=text, warmup=self.limit == 0)
 
 
-def timings(done: Done) -> dict[str, float]:
+def parse_infill(data: dict[str, Any]) -> tuple[InfillRequest, Request]:
+    req = validate(InfillRequest, data)
+    return req, req.to_request()
+
+
+def parse_completion(data: dict[str, Any]) -> tuple[LlamaCompletionRequest, Request]:
+    req = validate(LlamaCompletionRequest, data)
+    return req, req.to_request()
+
+
+def timings(finish: Finish) -> dict[str, float]:
     def per(ms: float, n: int) -> tuple[float, float]:
         return (ms / n if n else 0.0, 1000.0 * n / ms if ms > 0 else 0.0)
 
-    p_tok, p_sec = per(done.prompt_ms, done.prompt_tokens)
-    g_tok, g_sec = per(done.predicted_ms, done.completion_tokens)
+    u = finish.usage
+    p_tok, p_sec = per(u.prompt_ms, u.prompt_tokens)
+    g_tok, g_sec = per(u.predicted_ms, u.completion_tokens)
     return {
-        "cache_n": done.cached_tokens,
-        "prompt_n": done.prompt_tokens, "prompt_ms": done.prompt_ms,
+        "cache_n": u.cached_tokens,
+        "prompt_n": u.prompt_tokens, "prompt_ms": u.prompt_ms,
         "prompt_per_token_ms": p_tok, "prompt_per_second": p_sec,
-        "predicted_n": done.completion_tokens, "predicted_ms": done.predicted_ms,
+        "predicted_n": u.completion_tokens, "predicted_ms": u.predicted_ms,
         "predicted_per_token_ms": g_tok, "predicted_per_second": g_sec,
     }
 
@@ -144,7 +164,7 @@ def pick_fields(obj: dict[str, Any], fields: list[str] | None) -> dict[str, Any]
     return out
 
 
-class LlamaFormat:
+class LlamaFormat(TextOnly):
     """llama-server's non-OpenAI shape: SSE `data: {"content": ...}`, a final object with `stop: true`."""
 
     media_type = SSE
@@ -155,7 +175,7 @@ class LlamaFormat:
         self._open = 'data: {"index":0,"content":'
         self._close = ',"tokens":[],"stop":false,"id_slot":%d}\n\n' % (req.id_slot if req.id_slot is not None else -1)
 
-    def result(self, text: str, done: Done, index: int = 0) -> dict[str, Any]:
+    def result(self, text: str, finish: Finish, index: int = 0) -> dict[str, Any]:
         obj = {
             "index": index,
             "content": text,
@@ -163,15 +183,15 @@ class LlamaFormat:
             "id_slot": self.req.id_slot if self.req.id_slot is not None else 0,
             "stop": True,
             "model": self.model,
-            "tokens_predicted": done.completion_tokens,
-            "tokens_evaluated": done.prompt_tokens,
+            "tokens_predicted": finish.usage.completion_tokens,
+            "tokens_evaluated": finish.usage.prompt_tokens,
             "generation_settings": self.settings(),
             "has_new_line": "\n" in text,
-            "truncated": done.truncated,
-            "stop_type": STOP_TYPE.get(done.finish_reason, "none"),
+            "truncated": finish.truncated,
+            "stop_type": STOP_TYPE[finish.reason],
             "stopping_word": "",
-            "tokens_cached": done.cached_tokens,
-            "timings": timings(done),
+            "tokens_cached": finish.usage.cached_tokens,
+            "timings": timings(finish),
         }
         return pick_fields(obj, self.req.response_fields)
 
@@ -187,61 +207,61 @@ class LlamaFormat:
     def head(self) -> bytes:
         return b""
 
-    def token(self, text: str) -> bytes:
+    def text(self, text: str) -> bytes:
         return (self._open + json_str(text) + self._close).encode()
 
-    def tail(self, done: Done) -> bytes:
-        return ("data: " + json.dumps(self.result("", done), ensure_ascii=False) + "\n\n").encode()
+    def tail(self, finish: Finish) -> bytes:
+        return ("data: " + json.dumps(self.result("", finish), ensure_ascii=False) + "\n\n").encode()
 
     def error(self, err: RouterError) -> bytes:
         return ("data: " + json.dumps(error_body(LLAMACPP, err)) + "\n\n").encode()
 
-    def body(self, text: str, done: Done) -> Any:
-        return self.result(text, done)
+    def body(self, outcome: Outcome) -> Any:
+        return self.result(outcome.text, outcome.finish)
 
 
-async def several(request: Request, route, req: LlamaSampling, fmt: LlamaFormat) -> JSONResponse:
+async def several(request: HTTPRequest, route: Route, req: InfillRequest | LlamaCompletionRequest,
+                  fmt: LlamaFormat) -> JSONResponse:
     """n_cmpl > 1: submit them all (the pool queues them), answer an array in order."""
     recorder = state(request).metrics.recorder(LLAMACPP, request.state.endpoint, route.label, route.model_id)
-    gens = [submit(request, route, req.generation(i)) for i in range(req.n_cmpl)]
+    gens = [submit(request, route, req.to_request(i)) for i in range(req.n_cmpl)]
     results = []
     try:
         for i, gen in enumerate(gens):
             active = await start_generation(gen, request)
             outcome = await collect(active)
-            results.append(fmt.result(outcome.text, outcome.done, index=i))
+            results.append(fmt.result(outcome.text, outcome.finish, index=i))
     except BaseException:  # counted by the error handler
         for gen in gens:
             gen.cancel()
         raise
-    recorder.finish(outcome.done, 200)
-    return JSONResponse(results, headers=route_headers(route))
+    recorder.finish(outcome.finish, 200)
+    return JSONResponse(results, headers=route.headers())
 
 
-async def generate(request: Request, endpoint: str, model_cls: type[LlamaSampling]):
-    req, raw = await parse(request, model_cls)
-    route = route_request(request, endpoint, raw, req.model)
+async def generate(request: HTTPRequest, req: InfillRequest | LlamaCompletionRequest, internal: Request):
+    route = route_request(request, internal)
     fmt = LlamaFormat(route.model_id, req)
     if req.n_cmpl > 1:
         return await several(request, route, req, fmt)
-    gen_request = req.generation()
     key = None
-    if gen_request.kind == "fim" and not gen_request.warmup:
-        key = Superseder.key(request, LLAMACPP, gen_request, req.id_slot)
+    if internal.kind == "fim" and not internal.warmup:
+        key = Superseder.key(request, LLAMACPP, internal, req.id_slot)
     return await answer(
-        request, dialect=LLAMACPP, route=route, gen_request=gen_request, fmt=fmt, stream=req.stream, supersede_key=key
+        request, dialect=LLAMACPP, route=route, internal=internal, fmt=fmt, stream=req.stream, supersede_key=key
     )
 
 
-def chat_template(pool: Any, spec: Any) -> str:
+def chat_template(pool: Pool, spec: ModelSpec | None) -> str:
     """The template the model really uses once loaded (its GGUF's), else the catalog's override."""
     if spec is None:
         return ""
-    backend = pool.backend(spec.id) if hasattr(pool, "backend") else None
-    return getattr(backend, "chat_template", None) or spec.chat_template or ""
+    backend = pool.backend(spec.id)
+    loaded = backend.chat_template if backend is not None else None
+    return loaded or spec.chat_template or ""
 
 
-def model_for_props(request: Request, name: str | None):
+def model_for_props(request: HTTPRequest, name: str | None) -> ModelSpec | None:
     """The catalog spec /props describes: the named one, else the default FIM model, else the first."""
     router = state(request).router
     catalog = router.catalog
@@ -262,34 +282,33 @@ def build() -> APIRouter:
     api = APIRouter(tags=["llama.cpp"])
 
     @api.post("/infill", openapi_extra=openapi_body(InfillRequest))
-    async def infill(request: Request):
-        return await generate(request, "/infill", InfillRequest)
+    async def infill(request: HTTPRequest):
+        return await generate(request, *parse_infill(await read_json(request)))
 
     @api.post("/completion", openapi_extra=openapi_body(LlamaCompletionRequest))
-    async def completion(request: Request):
-        return await generate(request, "/completion", LlamaCompletionRequest)
+    async def completion(request: HTTPRequest):
+        return await generate(request, *parse_completion(await read_json(request)))
 
     @api.post("/completions", openapi_extra=openapi_body(LlamaCompletionRequest), include_in_schema=False)
-    async def completion_alias(request: Request):
-        return await generate(request, "/completion", LlamaCompletionRequest)
+    async def completion_alias(request: HTTPRequest):
+        return await generate(request, *parse_completion(await read_json(request)))
 
     @api.get("/health")
-    async def health(request: Request):
+    async def health(request: HTTPRequest):
         out: dict[str, Any] = {"status": "ok"}
-        warning = getattr(state(request), "classifier_warning", None)
+        warning = state(request).classifier_warning
         out["classifier"] = "shape_only" if warning else "trained"
         if warning:
             out["classifier_warning"] = warning
         return out
 
     @api.get("/props")
-    async def props(request: Request, model: str | None = None, autoload: bool | None = None):
+    async def props(request: HTTPRequest, model: str | None = None, autoload: bool | None = None):
         spec = model_for_props(request, model)
         app_state = state(request)
         loaded = {st.id: st for st in app_state.pool.status()}
         n_ctx = spec.n_ctx if spec else 0
-        source = getattr(spec, "source", None) if spec else None
-        path = str(getattr(source, "path", "") or getattr(source, "file", "") or "") if source else ""
+        path = spec.source_path if spec else ""
         return {
             "default_generation_settings": {"n_ctx": n_ctx, "params": {"n_predict": -1, "temperature": 0.8, "top_k": 40,
                                                                        "top_p": 0.95, "min_p": 0.05}},
@@ -299,10 +318,10 @@ def build() -> APIRouter:
             "model_alias": spec.id if spec else None,
             "chat_template": chat_template(app_state.pool, spec),
             "modalities": {"vision": False, "audio": False},
-            "is_sleeping": not (spec and getattr(loaded.get(spec.id), "loaded", False)),
+            "is_sleeping": not (spec and spec.id in loaded and loaded[spec.id].loaded),
             "build_info": "prompt-router",
-            "classifier": "shape_only" if getattr(app_state, "classifier_warning", None) else "trained",
-            "classifier_warning": getattr(app_state, "classifier_warning", None),
+            "classifier": "shape_only" if app_state.classifier_warning else "trained",
+            "classifier_warning": app_state.classifier_warning,
         }
 
     return api

@@ -11,40 +11,38 @@ accepted, and the model then follows the router's own idle TTL (idle_ttl_s).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import re
 import time
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
+from fastapi import Request as HTTPRequest
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.backend import Done, GenerationRequest
+from models.catalog import HFSource, ModelSpec
 from models.errors import InvalidRequest, ModelNotFound, RouterError, UnsupportedParameter
-from router.dialects.body import openapi_body, parse
-from router.dialects.dispatch import Superseder, answer, route_request, state
+from models.events import Finish, ToolCallDelta, ToolCallStart
+from models.fim import FAMILIES
+from models.labels import LABELS
+from models.request import ImagePart, Message, Part, Request, TextPart, ToolCall, ToolResult, text_message
+from router.dialects.body import openapi_body, read_json, validate
+from router.dialects.dispatch import answer, route_request
 from router.dialects.sampling import MAX_TOKENS_LIMIT, sampling_params, stop_tuple
 from router.errors import OLLAMA, error_body
-from router.routing import AUTO_NAMES, LABELS, Route
-from router.streaming import NDJSON, json_str
+from router.routing import AUTO_NAMES, Route
+from router.state import state
+from router.streaming import NDJSON, CollectedCall, Outcome, json_str
+from router.superseder import Superseder
 
 OLLAMA_VERSION = "0.9.0"
-DONE_REASON = {"stop": "stop", "length": "length", "cancelled": "stop", "error": "stop"}
+DONE_REASON = {"stop": "stop", "length": "length", "tool_calls": "stop", "cancelled": "stop", "error": "stop"}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-# FIM stop strings per family, shown in /api/show `parameters` (Continue reads them).
-FAMILY_STOPS = {
-    "qwen": ["<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>",
-             "<|file_sep|>", "<|im_start|>", "<|im_end|>"],
-    "starcoder": ["<|endoftext|>", "<file_sep>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>"],
-    "deepseek": ["<｜end▁of▁sentence｜>", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"],
-    "codellama": ["<EOT>"],
-    "codestral": ["[PREFIX]", "[SUFFIX]"],
-}
 
 
 def parse_keep_alive(value: Any) -> float | None:
@@ -173,8 +171,35 @@ class GenerateRequest(OllamaCommon):
         if self.context:
             raise UnsupportedParameter("`context` is not supported; send the text again.", param="context")
         if self.images:
-            raise UnsupportedParameter("Images are not supported.", param="images")
+            raise UnsupportedParameter("Images are not supported on /api/generate; use /api/chat.", param="images")
         return self
+
+    def to_request(self) -> Request:
+        """FIM with a suffix; otherwise a completion, which becomes a chat turn once routed (`as_chat`)."""
+        system = self.system or ""
+        if self.suffix is not None:
+            return Request("fim", "/api/generate", self.model, self.params(), prefix=self.prompt, suffix=self.suffix,
+                           system=system)
+        return Request("complete", "/api/generate", self.model, self.params(), prompt=self.prompt, system=system)
+
+
+def as_chat(request: Request) -> Request:
+    """A non-raw /api/generate prompt that is not code completion: the model's chat template wraps it."""
+    messages = ((text_message("system", request.system),) if request.system else ()) + (
+        text_message("user", request.prompt),)
+    return dataclasses.replace(request, kind="chat", messages=messages, prompt="", system="")
+
+
+class OllamaFunctionCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class OllamaToolCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str | None = None
+    function: OllamaFunctionCall
 
 
 class OllamaMessage(BaseModel):
@@ -182,6 +207,17 @@ class OllamaMessage(BaseModel):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     images: list[str] | None = None
+    tool_calls: list[OllamaToolCall] | None = None
+    tool_name: str | None = None
+
+    def internal(self, i: int) -> Message:
+        if self.role == "tool":
+            return Message("tool", (ToolResult("", self.content, name=self.tool_name),))
+        parts: list[Part] = [TextPart(self.content)]
+        parts += [ImagePart(image) for image in self.images or ()]
+        parts += [ToolCall(c.id or f"call_{i}_{j}", c.function.name, c.function.arguments)
+                  for j, c in enumerate(self.tool_calls or ())]
+        return Message(self.role, tuple(parts))
 
 
 class OllamaChatRequest(OllamaCommon):
@@ -192,10 +228,23 @@ class OllamaChatRequest(OllamaCommon):
     def _refuse_chat(self) -> OllamaChatRequest:
         if self.tools:
             raise UnsupportedParameter("Tool calling is not supported: `tools` must be empty.", param="tools")
-        for i, msg in enumerate(self.messages):
-            if msg.images:
-                raise UnsupportedParameter("Images are not supported.", param=f"messages[{i}].images")
         return self
+
+    def to_request(self) -> Request:
+        if self.messages and not any(m.role == "user" for m in self.messages):
+            raise InvalidRequest("`messages` must contain at least one user message.", param="messages")
+        messages = tuple(m.internal(i) for i, m in enumerate(self.messages))
+        return Request("chat", "/api/chat", self.model, self.params(), messages)
+
+
+def parse_generate(data: dict[str, Any]) -> tuple[GenerateRequest, Request]:
+    req = validate(GenerateRequest, data)
+    return req, req.to_request()
+
+
+def parse_chat(data: dict[str, Any]) -> tuple[OllamaChatRequest, Request]:
+    req = validate(OllamaChatRequest, data)
+    return req, req.to_request()
 
 
 class ShowRequest(BaseModel):
@@ -212,13 +261,16 @@ def now_iso() -> str:
 
 
 class OllamaFormat:
-    """NDJSON lines (or one object): `response` for generate, `message` for chat; counts in ns at the end."""
+    """NDJSON lines (or one object): `response` for generate, `message` for chat; counts in ns at the end.
+
+    Tool calls go out whole, with arguments as objects, on the last line (as Ollama sends them)."""
 
     media_type = NDJSON
 
     def __init__(self, model: str, chat: bool) -> None:
         self.model = model
         self.chat = chat
+        self.calls: list[CollectedCall] = []
         self.started = time.perf_counter()
         self.created_at = now_iso()
         head = '{"model":' + json_str(model) + ',"created_at":"' + self.created_at + '",'
@@ -229,21 +281,27 @@ class OllamaFormat:
             self._open = head + '"response":'
             self._close = ',"done":false}\n'
 
-    def final(self, text: str, done: Done) -> dict[str, Any]:
+    def final(self, text: str, finish: Finish, calls: list[CollectedCall]) -> dict[str, Any]:
         obj: dict[str, Any] = {"model": self.model, "created_at": now_iso()}
         if self.chat:
             obj["message"] = {"role": "assistant", "content": text}
+            if calls:
+                obj["message"]["tool_calls"] = [
+                    {"id": c.id, "function": {"index": i, "name": c.name, "arguments": json.loads(c.arguments or "{}")}}
+                    for i, c in enumerate(calls)
+                ]
         else:
             obj["response"] = text
+        u = finish.usage
         obj.update({
             "done": True,
-            "done_reason": DONE_REASON.get(done.finish_reason, "stop"),
+            "done_reason": DONE_REASON[finish.reason],
             "total_duration": int((time.perf_counter() - self.started) * 1e9),
-            "load_duration": int(done.load_ms * 1e6),
-            "prompt_eval_count": done.prompt_tokens,
-            "prompt_eval_duration": int(done.prompt_ms * 1e6),
-            "eval_count": done.completion_tokens,
-            "eval_duration": int(done.predicted_ms * 1e6),
+            "load_duration": int(u.load_ms * 1e6),
+            "prompt_eval_count": u.prompt_tokens,
+            "prompt_eval_duration": int(u.prompt_ms * 1e6),
+            "eval_count": u.completion_tokens,
+            "eval_duration": int(u.predicted_ms * 1e6),
         })
         if not self.chat:
             obj["context"] = []
@@ -252,44 +310,52 @@ class OllamaFormat:
     def head(self) -> bytes:
         return b""
 
-    def token(self, text: str) -> bytes:
+    def text(self, text: str) -> bytes:
         return (self._open + json_str(text) + self._close).encode()
 
-    def tail(self, done: Done) -> bytes:
-        return (json.dumps(self.final("", done), ensure_ascii=False) + "\n").encode()
+    def tool_call_start(self, event: ToolCallStart) -> bytes:
+        self.calls.append(CollectedCall(event.id, event.name))
+        return b""
+
+    def tool_call_delta(self, event: ToolCallDelta) -> bytes:
+        self.calls[event.index].arguments += event.arguments
+        return b""
+
+    def tail(self, finish: Finish) -> bytes:
+        return (json.dumps(self.final("", finish, self.calls), ensure_ascii=False) + "\n").encode()
 
     def error(self, err: RouterError) -> bytes:
         return (json.dumps(error_body(OLLAMA, err)) + "\n").encode()
 
-    def body(self, text: str, done: Done) -> Any:
-        return self.final(text, done)
+    def body(self, outcome: Outcome) -> Any:
+        return self.final(outcome.text, outcome.finish, outcome.tool_calls)
 
 
 # ----------------------------------------------------------------------------- model listing
 
 
-def spec_digest(spec: Any) -> str:
-    sha = getattr(getattr(spec, "source", None), "sha256", None)
+def spec_digest(spec: ModelSpec) -> str:
+    sha = spec.source.sha256 if isinstance(spec.source, HFSource) else None
     return sha or hashlib.sha256(spec.id.encode()).hexdigest()
 
 
-def fim_capable(request: Request, spec: Any) -> bool:
-    router = state(request).router
-    known = router.fim_capable(spec)
-    return bool(known) if known is not None else "fim" in spec.labels
+def family_of(request: HTTPRequest, spec: ModelSpec | None) -> str:
+    if spec is None:
+        return "router"
+    return state(request).router.capabilities(spec).fim_family or "llama"
 
 
-def family_of(spec: Any) -> str:
-    return spec.fim_family or getattr(getattr(spec, "source", None), "fim_family", None) or "llama"
+def fim_capable(request: HTTPRequest, spec: ModelSpec) -> bool:
+    known = state(request).router.capabilities(spec).fim
+    return known if known is not None else "fim" in spec.labels
 
 
-def details(spec: Any | None) -> dict[str, Any]:
-    family = family_of(spec) if spec is not None else "router"
+def details(family: str) -> dict[str, Any]:
     return {"parent_model": "", "format": "gguf", "family": family, "families": [family],
             "parameter_size": "", "quantization_level": ""}
 
 
-def resolve_name(request: Request, name: str | None) -> tuple[str, Any | None]:
+def resolve_name(request: HTTPRequest, name: str | None) -> tuple[str, ModelSpec | None]:
     """(name as asked, spec) for /api/show & load/unload: auto -> None spec; label -> its model; id -> itself."""
     router = state(request).router
     asked = (name or "").strip()
@@ -311,6 +377,139 @@ def show_template(fim: bool) -> str:
     return "{{- if .Suffix }}<|fim_prefix|>{{ .Prompt }}<|fim_suffix|>{{ .Suffix }}<|fim_middle|>{{- else }}" + chat + "{{- end }}"
 
 
+def tag_entry(request: HTTPRequest, name: str, spec: ModelSpec | None) -> dict[str, Any]:
+    modified = datetime.fromtimestamp(state(request).started_at, timezone.utc)
+    return {
+        "name": name, "model": name, "modified_at": modified.isoformat(),
+        "size": (spec.weights_bytes or 0) if spec is not None else 0,
+        "digest": spec_digest(spec) if spec is not None else hashlib.sha256(name.encode()).hexdigest(),
+        "details": details(family_of(request, spec)),
+    }
+
+
+async def tags(request: HTTPRequest) -> dict[str, Any]:
+    router = state(request).router
+    entries = [tag_entry(request, "auto", None)]
+    for label in LABELS:
+        try:
+            entries.append(tag_entry(request, label, router.model_for_label(label)[0]))
+        except RouterError:
+            continue
+    entries += [tag_entry(request, spec.id, spec) for spec in router.catalog.models]
+    return {"models": entries}
+
+
+async def show(request: HTTPRequest) -> dict[str, Any]:
+    req = validate(ShowRequest, await read_json(request))
+    name = req.model or req.name
+    if not name or not name.strip():
+        raise InvalidRequest("`model` is required.", param="model")
+    _, spec = resolve_name(request, name)
+    catalog = state(request).router.catalog
+    if spec is None:  # auto: whatever the router can reach
+        fim = any(fim_capable(request, s) for s in catalog.models)
+        n_ctx = max((s.n_ctx for s in catalog.models), default=4096)
+    else:
+        fim = fim_capable(request, spec)
+        n_ctx = spec.n_ctx
+    family = family_of(request, spec)
+    stops = FAMILIES[family].stops if fim and family in FAMILIES else ()
+    parameters = "\n".join([f"num_ctx {n_ctx}"] + [f"stop {json.dumps(s, ensure_ascii=False)}" for s in stops])
+    template = show_template(fim)
+    return {
+        "license": "",
+        "modelfile": f"# served by prompt-router\nFROM {spec.id if spec else 'auto'}\nTEMPLATE \"\"\"{template}\"\"\"\n"
+                     + "".join(f"PARAMETER {line}\n" for line in parameters.splitlines()),
+        "parameters": parameters,
+        "template": template,
+        "details": details(family),
+        "model_info": {"general.architecture": family, f"{family}.context_length": n_ctx},
+        "capabilities": ["completion", "insert"] if fim else ["completion"],
+        "modified_at": now_iso(),
+    }
+
+
+async def ps(request: HTTPRequest) -> dict[str, Any]:
+    app_state = state(request)
+    ttl = app_state.settings.idle_ttl_s
+    out = []
+    for st in app_state.pool.status():
+        if not st.loaded:
+            continue
+        spec = app_state.catalog.get(st.id)
+        last = st.last_used or time.time()
+        expires = "0001-01-01T00:00:00Z" if st.pinned or not ttl else \
+            datetime.fromtimestamp(last + ttl, timezone.utc).isoformat()
+        out.append({
+            "name": st.id, "model": st.id, "size": st.size_bytes or 0,
+            "digest": spec_digest(spec) if spec else "", "details": details(family_of(request, spec)),
+            "expires_at": expires, "size_vram": 0,
+        })
+    return {"models": out}
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+async def load_or_unload(request: HTTPRequest, req: OllamaCommon, chat: bool) -> dict[str, Any]:
+    """Empty prompt / no messages: load the model, or unload it when keep_alive is 0."""
+    asked, spec = resolve_name(request, req.model)
+    app_state = state(request)
+    pool = app_state.pool
+    keep = req.keep_alive_s
+    specs = [spec] if spec is not None else list(app_state.catalog.models)
+    loop = asyncio.get_running_loop()
+    if keep is not None and keep == 0:
+        for s in specs:
+            await loop.run_in_executor(None, pool.unload, s.id)
+        reason = "unload"
+    else:
+        if spec is not None:
+            await loop.run_in_executor(None, lambda: pool.preload(spec.id, pin=keep is not None and keep < 0))
+        reason = "load"
+    obj: dict[str, Any] = {"model": asked, "created_at": now_iso(), "done": True, "done_reason": reason}
+    if chat:
+        obj["message"] = {"role": "assistant", "content": ""}
+    else:
+        obj["response"] = ""
+    return obj
+
+
+def keep_alive_hook(request: HTTPRequest, route: Route, keep: float | None) -> Callable[[], Any] | None:
+    """keep_alive 0: unload once answered; negative: keep it loaded (pinned)."""
+    if keep is None or keep > 0:
+        return None
+    pool = state(request).pool
+    loop = asyncio.get_running_loop()
+    if keep == 0:
+        return lambda: loop.run_in_executor(None, pool.unload, route.model_id)
+    return lambda: loop.run_in_executor(None, lambda: pool.preload(route.model_id, pin=True))
+
+
+async def generate(request: HTTPRequest):
+    req, internal = parse_generate(await read_json(request))
+    if not req.prompt and req.suffix is None:
+        return await load_or_unload(request, req, chat=False)
+    route = route_request(request, internal)
+    key = Superseder.key(request, OLLAMA, internal) if internal.kind == "fim" else None
+    if internal.kind == "complete" and not req.raw and route.label != "fim":
+        # raw, or a prompt that holds FIM tokens / raw code, is never wrapped in a chat template
+        internal = as_chat(internal)
+    fmt = OllamaFormat(route.model_id, chat=False)
+    return await answer(request, dialect=OLLAMA, route=route, internal=internal, fmt=fmt, stream=req.stream,
+                        supersede_key=key, after=keep_alive_hook(request, route, req.keep_alive_s))
+
+
+async def chat(request: HTTPRequest):
+    req, internal = parse_chat(await read_json(request))
+    if not req.messages:
+        return await load_or_unload(request, req, chat=True)
+    route = route_request(request, internal)
+    fmt = OllamaFormat(route.model_id, chat=True)
+    return await answer(request, dialect=OLLAMA, route=route, internal=internal, fmt=fmt, stream=req.stream,
+                        after=keep_alive_hook(request, route, req.keep_alive_s))
+
+
 def build() -> APIRouter:
     api = APIRouter(tags=["ollama"])
 
@@ -326,146 +525,9 @@ def build() -> APIRouter:
     async def version():
         return {"version": OLLAMA_VERSION}
 
-    def tag_entry(request: Request, name: str, spec: Any | None) -> dict[str, Any]:
-        modified = datetime.fromtimestamp(getattr(state(request), "started_at", time.time()), timezone.utc)
-        return {
-            "name": name, "model": name, "modified_at": modified.isoformat(),
-            "size": (getattr(spec, "weights_bytes", None) or 0) if spec is not None else 0,
-            "digest": spec_digest(spec) if spec is not None else hashlib.sha256(name.encode()).hexdigest(),
-            "details": details(spec),
-        }
-
-    @api.get("/api/tags")
-    async def tags(request: Request):
-        router = state(request).router
-        entries = [tag_entry(request, "auto", None)]
-        for label in LABELS:
-            try:
-                entries.append(tag_entry(request, label, router.model_for_label(label)[0]))
-            except RouterError:
-                continue
-        entries += [tag_entry(request, spec.id, spec) for spec in router.catalog.models]
-        return {"models": entries}
-
-    @api.post("/api/show", openapi_extra=openapi_body(ShowRequest))
-    async def show(request: Request):
-        req, _ = await parse(request, ShowRequest)
-        name = req.model or req.name
-        if not name or not name.strip():
-            raise InvalidRequest("`model` is required.", param="model")
-        asked, spec = resolve_name(request, name)
-        router = state(request).router
-        if spec is None:  # auto: whatever the router can reach
-            fim = any(fim_capable(request, s) for s in router.catalog.models)
-            n_ctx = max((s.n_ctx for s in router.catalog.models), default=4096)
-            family = "router"
-        else:
-            fim = fim_capable(request, spec)
-            n_ctx = spec.n_ctx
-            family = family_of(spec)
-        stops = FAMILY_STOPS.get(family, []) if fim else []
-        parameters = "\n".join([f"num_ctx {n_ctx}"] + [f"stop {json.dumps(s, ensure_ascii=False)}" for s in stops])
-        template = show_template(fim)
-        capabilities = ["completion", "insert"] if fim else ["completion"]
-        return {
-            "license": "",
-            "modelfile": f"# served by prompt-router\nFROM {spec.id if spec else 'auto'}\nTEMPLATE \"\"\"{template}\"\"\"\n"
-                         + "".join(f"PARAMETER {line}\n" for line in parameters.splitlines()),
-            "parameters": parameters,
-            "template": template,
-            "details": details(spec),
-            "model_info": {"general.architecture": family, f"{family}.context_length": n_ctx},
-            "capabilities": capabilities,
-            "modified_at": now_iso(),
-        }
-
-    @api.get("/api/ps")
-    async def ps(request: Request):
-        app_state = state(request)
-        ttl = app_state.settings.idle_ttl_s
-        out = []
-        for st in app_state.pool.status():
-            if not getattr(st, "loaded", False):
-                continue
-            spec = app_state.router.catalog.get(st.id)
-            last = getattr(st, "last_used", None) or time.time()
-            expires = "0001-01-01T00:00:00Z" if getattr(st, "pinned", False) or not ttl else \
-                datetime.fromtimestamp(last + ttl, timezone.utc).isoformat()
-            out.append({
-                "name": st.id, "model": st.id, "size": getattr(st, "size_bytes", 0) or 0,
-                "digest": spec_digest(spec) if spec else "", "details": details(spec),
-                "expires_at": expires, "size_vram": 0,
-            })
-        return {"models": out}
-
-    async def load_or_unload(request: Request, req: OllamaCommon, chat: bool):
-        """Empty prompt / no messages: load the model, or unload it when keep_alive is 0."""
-        asked, spec = resolve_name(request, req.model)
-        app_state = state(request)
-        pool = app_state.pool
-        keep = req.keep_alive_s
-        specs = [spec] if spec is not None else list(app_state.router.catalog.models)
-        loop = asyncio.get_running_loop()
-        if keep is not None and keep == 0:
-            for s in specs:
-                await loop.run_in_executor(None, pool.unload, s.id)
-            reason = "unload"
-        else:
-            if spec is not None:
-                await loop.run_in_executor(None, lambda: pool.preload(spec.id, pin=keep is not None and keep < 0))
-            reason = "load"
-        obj: dict[str, Any] = {"model": asked, "created_at": now_iso(), "done": True, "done_reason": reason}
-        if chat:
-            obj["message"] = {"role": "assistant", "content": ""}
-        else:
-            obj["response"] = ""
-        return obj
-
-    def keep_alive_hook(request: Request, route: Route, keep: float | None):
-        """keep_alive 0: unload once answered; negative: keep it loaded (pinned)."""
-        if keep is None or keep > 0:
-            return None
-        pool = state(request).pool
-        loop = asyncio.get_running_loop()
-        if keep == 0:
-            return lambda: loop.run_in_executor(None, pool.unload, route.model_id)
-        return lambda: loop.run_in_executor(None, lambda: pool.preload(route.model_id, pin=True))
-
-    @api.post("/api/generate", openapi_extra=openapi_body(GenerateRequest))
-    async def generate(request: Request):
-        req, raw = await parse(request, GenerateRequest)
-        if not req.prompt and req.suffix is None:
-            return await load_or_unload(request, req, chat=False)
-        route = route_request(request, "/api/generate", raw, req.model)
-        params = req.params()
-        key = None
-        if req.suffix is not None:
-            gen_request = GenerationRequest(kind="fim", params=params, prefix=req.prompt, suffix=req.suffix)
-            key = Superseder.key(request, OLLAMA, gen_request)
-        elif req.raw or route.label == "fim":
-            # raw, or a prompt that already holds FIM tokens / raw code: never wrap it in a chat template
-            gen_request = GenerationRequest(kind="complete", params=params, prompt=req.prompt)
-        else:
-            messages = ([{"role": "system", "content": req.system}] if req.system else []) + [
-                {"role": "user", "content": req.prompt}]
-            gen_request = GenerationRequest(kind="chat", params=params, messages=tuple(messages))
-        fmt = OllamaFormat(route.model_id, chat=False)
-        return await answer(request, dialect=OLLAMA, route=route, gen_request=gen_request, fmt=fmt, stream=req.stream,
-                            supersede_key=key, after=keep_alive_hook(request, route, req.keep_alive_s))
-
-    @api.post("/api/chat", openapi_extra=openapi_body(OllamaChatRequest))
-    async def chat(request: Request):
-        req, raw = await parse(request, OllamaChatRequest)
-        if not req.messages:
-            return await load_or_unload(request, req, chat=True)
-        if not any(m.role == "user" for m in req.messages):
-            raise InvalidRequest("`messages` must contain at least one user message.", param="messages")
-        route = route_request(request, "/api/chat", raw, req.model)
-        messages = tuple({"role": m.role, "content": m.content} for m in req.messages)
-        gen_request = GenerationRequest(kind="chat", params=req.params(), messages=messages)
-        fmt = OllamaFormat(route.model_id, chat=True)
-        return await answer(request, dialect=OLLAMA, route=route, gen_request=gen_request, fmt=fmt, stream=req.stream,
-                            after=keep_alive_hook(request, route, req.keep_alive_s))
-
+    api.add_api_route("/api/tags", tags, methods=["GET"])
+    api.add_api_route("/api/show", show, methods=["POST"], openapi_extra=openapi_body(ShowRequest))
+    api.add_api_route("/api/ps", ps, methods=["GET"])
+    api.add_api_route("/api/generate", generate, methods=["POST"], openapi_extra=openapi_body(GenerateRequest))
+    api.add_api_route("/api/chat", chat, methods=["POST"], openapi_extra=openapi_body(OllamaChatRequest))
     return api
-

@@ -11,19 +11,23 @@ import time
 import uuid
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
+from fastapi import Request as HTTPRequest
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.backend import Done, GenerationRequest
 from models.errors import InvalidRequest, ModelNotFound, RouterError, UnsupportedParameter
-from router.dialects.body import openapi_body, parse
-from router.dialects.dispatch import Superseder, answer, route_request, state
+from models.events import Finish, ToolCallDelta, ToolCallStart, Usage
+from models.labels import LABELS
+from models.request import ImagePart, Message, Part, Request, TextPart, ToolCall, ToolResult
+from router.dialects.body import openapi_body, read_json, validate
+from router.dialects.dispatch import answer, route_request
 from router.dialects.sampling import MAX_TOKENS_LIMIT, LlamaCppExtras, logit_bias_map, sampling_params, stop_tuple
 from router.errors import OPENAI, error_body
-from router.routing import LABELS
-from router.streaming import SSE, json_str
+from router.state import state
+from router.streaming import SSE, Outcome, json_str
+from router.superseder import Superseder
 
-FINISH = {"stop": "stop", "length": "length", "cancelled": "stop", "error": "stop"}
+FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "cancelled": "stop", "error": "stop"}
 
 
 class StreamOptions(BaseModel):
@@ -64,6 +68,10 @@ class OpenAISampling(LlamaCppExtras):
             return default
         return None if value < 0 else value
 
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
     def params(self, default_max: int | None, stop: tuple[str, ...] = ()):
         return sampling_params(
             max_tokens=self.limit(default_max),
@@ -82,6 +90,20 @@ class ContentPart(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: str
     text: str | None = None
+    image_url: dict[str, Any] | str | None = None
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    arguments: str = Field("{}", description="The arguments as a JSON text (an object).")
+
+
+class ToolCallIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class ChatMessage(BaseModel):
@@ -89,6 +111,53 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+
+    def internal(self, i: int) -> Message:
+        """This message in the internal form: typed parts, developer read as system."""
+        role = "system" if self.role == "developer" else self.role
+        parts = content_parts(self.content, f"messages[{i}].content")
+        if self.content is None and self.role != "assistant":
+            raise InvalidRequest(f"`messages[{i}].content` is required for role {self.role}.", param=f"messages[{i}].content")
+        if self.role == "tool":
+            text = "".join(p.text for p in parts if isinstance(p, TextPart))
+            return Message("tool", (ToolResult(self.tool_call_id or "", text, name=self.name),))
+        calls = tuple(tool_call(c, f"messages[{i}].tool_calls[{j}]") for j, c in enumerate(self.tool_calls or ()))
+        return Message(role, parts + calls, name=self.name)  # type: ignore[arg-type]
+
+
+def content_parts(content: str | list[ContentPart] | None, param: str) -> tuple[Part, ...]:
+    """OpenAI content as typed parts: text and images; other part types are refused by name."""
+    if content is None:
+        return ()
+    if isinstance(content, str):
+        return (TextPart(content),)
+    parts: list[Part] = []
+    for j, part in enumerate(content):
+        if part.type == "text" and part.text is not None:
+            parts.append(TextPart(part.text))
+        elif part.type == "image_url" and part.image_url is not None:
+            url = part.image_url if isinstance(part.image_url, str) else part.image_url.get("url")
+            if not isinstance(url, str):
+                raise InvalidRequest("`image_url.url` must be a string.", param=f"{param}[{j}].image_url")
+            parts.append(ImagePart(url))
+        else:
+            raise UnsupportedParameter(
+                f"Only text and image_url content parts are supported (got `{part.type}`).", param=f"{param}[{j}].type"
+            )
+    return tuple(parts)
+
+
+def tool_call(call: ToolCallIn, param: str) -> ToolCall:
+    """A call from the history, its arguments parsed into the object chat templates want."""
+    try:
+        arguments = json.loads(call.function.arguments or "{}")
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"`{param}.function.arguments` is not JSON: {exc.msg}.", param=f"{param}.function.arguments") from None
+    if not isinstance(arguments, dict):
+        raise InvalidRequest(f"`{param}.function.arguments` must be a JSON object.", param=f"{param}.function.arguments")
+    return ToolCall(call.id, call.function.name, arguments)
 
 
 class ChatRequest(OpenAISampling):
@@ -123,31 +192,13 @@ class ChatRequest(OpenAISampling):
             self.max_tokens = self.max_completion_tokens
         return self
 
-    def internal_messages(self) -> tuple[dict, ...]:
-        """Messages as {role, content} with text content; refuses what a text model cannot read."""
-        out = []
-        for i, msg in enumerate(self.messages):
-            content = msg.content
-            if isinstance(content, list):
-                texts = []
-                for j, part in enumerate(content):
-                    if part.type != "text" or part.text is None:
-                        raise UnsupportedParameter(
-                            f"Only text content parts are supported (got `{part.type}`).",
-                            param=f"messages[{i}].content[{j}].type",
-                        )
-                    texts.append(part.text)
-                content = "".join(texts)
-            if content is None:
-                if msg.role != "assistant":
-                    raise InvalidRequest(f"`messages[{i}].content` is required for role {msg.role}.", param=f"messages[{i}].content")
-                content = ""
-            out.append({"role": "system" if msg.role == "developer" else msg.role, "content": content})
-        if not any(m["role"] == "user" for m in out):
+    def to_request(self) -> Request:
+        messages = tuple(msg.internal(i) for i, msg in enumerate(self.messages))
+        if not any(m.role == "user" for m in messages):
             raise InvalidRequest("`messages` must contain at least one user message.", param="messages")
-        if out[-1]["role"] == "system":
+        if messages[-1].role == "system":
             raise InvalidRequest("`messages` must not end with a system message.", param="messages")
-        return tuple(out)
+        return Request("chat", "/v1/chat/completions", self.model, self.params(None), messages)
 
 
 class CompletionRequest(OpenAISampling):
@@ -173,12 +224,28 @@ class CompletionRequest(OpenAISampling):
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
+    def to_request(self) -> Request:
+        params = self.params(16)
+        if self.suffix is not None:
+            return Request("fim", "/v1/completions", self.model, params, prefix=self.text, suffix=self.suffix)
+        return Request("complete", "/v1/completions", self.model, params, prompt=self.text)
 
-def usage(done: Done) -> dict[str, int]:
+
+def parse_chat(data: dict[str, Any]) -> tuple[ChatRequest, Request]:
+    req = validate(ChatRequest, data)
+    return req, req.to_request()
+
+
+def parse_completion(data: dict[str, Any]) -> tuple[CompletionRequest, Request]:
+    req = validate(CompletionRequest, data)
+    return req, req.to_request()
+
+
+def usage(u: Usage) -> dict[str, int]:
     return {
-        "prompt_tokens": done.prompt_tokens,
-        "completion_tokens": done.completion_tokens,
-        "total_tokens": done.prompt_tokens + done.completion_tokens,
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
     }
 
 
@@ -208,15 +275,27 @@ class OpenAIFormat:
         return ('data: {' + self._envelope + ',"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
                 '"logprobs":null,"finish_reason":null}]}\n\n').encode()
 
-    def token(self, text: str) -> bytes:
+    def text(self, text: str) -> bytes:
         return (self._open + json_str(text) + self._close).encode()
 
-    def tail(self, done: Done) -> bytes:
-        reason = json_str(FINISH.get(done.finish_reason, "stop"))
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        return ('data: {' + self._envelope + ',"choices":[{"index":0,"delta":' + json.dumps(delta, ensure_ascii=False)
+                + ',"logprobs":null,"finish_reason":null}]}\n\n').encode()
+
+    def tool_call_start(self, event: ToolCallStart) -> bytes:
+        """The id and the name, once per call (clients concatenate every later string field)."""
+        call = {"index": event.index, "id": event.id, "type": "function", "function": {"name": event.name, "arguments": ""}}
+        return self._delta({"tool_calls": [call]})
+
+    def tool_call_delta(self, event: ToolCallDelta) -> bytes:
+        return self._delta({"tool_calls": [{"index": event.index, "function": {"arguments": event.arguments}}]})
+
+    def tail(self, finish: Finish) -> bytes:
+        reason = json_str(FINISH[finish.reason])
         delta = '"delta":{}' if self.chat else '"text":""'
         out = 'data: {' + self._envelope + ',"choices":[{"index":0,' + delta + ',"logprobs":null,"finish_reason":' + reason + '}]}\n\n'
         if self.include_usage:
-            u = usage(done)
+            u = usage(finish.usage)
             out += ('data: {' + self._envelope + ',"choices":[],"usage":{"prompt_tokens":%d,"completion_tokens":%d,'
                     '"total_tokens":%d}}\n\n') % (u["prompt_tokens"], u["completion_tokens"], u["total_tokens"])
         return (out + "data: [DONE]\n\n").encode()
@@ -224,22 +303,29 @@ class OpenAIFormat:
     def error(self, err: RouterError) -> bytes:
         return ("data: " + json.dumps(error_body(OPENAI, err)) + "\n\n").encode()
 
-    def body(self, text: str, done: Done) -> Any:
-        reason = FINISH.get(done.finish_reason, "stop")
+    def body(self, outcome: Outcome) -> Any:
+        reason = FINISH[outcome.finish.reason]
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": reason}
+            message: dict[str, Any] = {"role": "assistant", "content": outcome.text}
+            if outcome.tool_calls:
+                message["content"] = outcome.text or None
+                message["tool_calls"] = [
+                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                    for c in outcome.tool_calls
+                ]
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": reason}
             obj = "chat.completion"
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
+            choice = {"index": 0, "text": outcome.text, "logprobs": None, "finish_reason": reason}
             obj = "text_completion"
         return {
             "id": self.id, "object": obj, "created": self.created, "model": self.model,
-            "choices": [choice], "usage": usage(done), "system_fingerprint": None,
+            "choices": [choice], "usage": usage(outcome.finish.usage), "system_fingerprint": None,
         }
 
 
-def model_entries(request: Request) -> list[dict[str, Any]]:
-    created = int(getattr(state(request), "started_at", time.time()))
+def model_entries(request: HTTPRequest) -> list[dict[str, Any]]:
+    created = int(state(request).started_at)
     names = ["auto", *LABELS, *state(request).router.model_ids()]
     return [{"id": name, "object": "model", "created": created, "owned_by": "router"} for name in names]
 
@@ -248,37 +334,28 @@ def build() -> APIRouter:
     api = APIRouter(tags=["openai"])
 
     @api.post("/v1/chat/completions", openapi_extra=openapi_body(ChatRequest))
-    async def chat_completions(request: Request):
-        req, raw = await parse(request, ChatRequest)
-        messages = req.internal_messages()  # refuse what a text model cannot read before classifying it
-        route = route_request(request, "/v1/chat/completions", raw, req.model)
-        gen_request = GenerationRequest(kind="chat", params=req.params(None), messages=messages)
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        fmt = OpenAIFormat(True, route.model_id, include_usage)
-        return await answer(request, dialect=OPENAI, route=route, gen_request=gen_request, fmt=fmt, stream=req.stream)
+    async def chat_completions(request: HTTPRequest):
+        req, internal = parse_chat(await read_json(request))
+        route = route_request(request, internal)
+        fmt = OpenAIFormat(True, route.model_id, req.include_usage)
+        return await answer(request, dialect=OPENAI, route=route, internal=internal, fmt=fmt, stream=req.stream)
 
     @api.post("/v1/completions", openapi_extra=openapi_body(CompletionRequest))
-    async def completions(request: Request):
-        req, raw = await parse(request, CompletionRequest)
-        route = route_request(request, "/v1/completions", raw, req.model)
-        key = None
-        if req.suffix is not None:
-            gen_request = GenerationRequest(kind="fim", params=req.params(16), prefix=req.text, suffix=req.suffix)
-            key = Superseder.key(request, OPENAI, gen_request, req.id_slot)
-        else:
-            gen_request = GenerationRequest(kind="complete", params=req.params(16), prompt=req.text)
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        fmt = OpenAIFormat(False, route.model_id, include_usage)
+    async def completions(request: HTTPRequest):
+        req, internal = parse_completion(await read_json(request))
+        route = route_request(request, internal)
+        key = Superseder.key(request, OPENAI, internal, req.id_slot) if internal.kind == "fim" else None
+        fmt = OpenAIFormat(False, route.model_id, req.include_usage)
         return await answer(
-            request, dialect=OPENAI, route=route, gen_request=gen_request, fmt=fmt, stream=req.stream, supersede_key=key
+            request, dialect=OPENAI, route=route, internal=internal, fmt=fmt, stream=req.stream, supersede_key=key
         )
 
     @api.get("/v1/models")
-    async def list_models(request: Request):
+    async def list_models(request: HTTPRequest):
         return {"object": "list", "data": model_entries(request)}
 
     @api.get("/v1/models/{model_id:path}")
-    async def get_model(request: Request, model_id: str):
+    async def get_model(request: HTTPRequest, model_id: str):
         for entry in model_entries(request):
             if entry["id"] == model_id:
                 return entry

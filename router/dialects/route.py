@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -9,12 +10,11 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.errors import InvalidRequest
+from models.request import Request as InternalRequest
 from router.dialects.body import openapi_body, read_json, validate
-from router.dialects.dispatch import route_request, state
-from router.streaming import route_headers
-
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/infill", "/completion", "/api/generate", "/api/chat")
+from router.dialects.dispatch import route_request
+from router.dialects.endpoints import ENDPOINTS, parse_request
+from router.state import state
 
 
 class RouteRequest(BaseModel):
@@ -27,16 +27,13 @@ class RouteRequest(BaseModel):
     model: str | None = Field(None, description="Overrides body.model: `auto`, a label or a model id.")
 
 
-def unwrap(data: dict[str, Any]) -> tuple[str, dict[str, Any], str | None]:
+def unwrap(data: dict[str, Any]) -> InternalRequest:
+    """The request /v1/route is asked about, parsed by the adapter of the endpoint it names."""
     req = validate(RouteRequest, data)
     if req.body is not None or req.endpoint is not None:
-        endpoint = req.endpoint or "/v1/chat/completions"
-        if endpoint not in ENDPOINTS:
-            raise InvalidRequest(f"`endpoint` must be one of {', '.join(ENDPOINTS)}.", param="endpoint")
-        body = req.body or {}
-        return endpoint, body, req.model if req.model is not None else body.get("model")
-    endpoint = "/v1/chat/completions" if "messages" in data else "/v1/completions"
-    return endpoint, data, data.get("model")
+        internal = parse_request(req.endpoint or "/v1/chat/completions", req.body or {})
+        return internal if req.model is None else dataclasses.replace(internal, model=req.model)
+    return parse_request("/v1/chat/completions" if "messages" in data else "/v1/completions", data)
 
 
 def build() -> APIRouter:
@@ -44,15 +41,12 @@ def build() -> APIRouter:
 
     @api.post("/v1/route", openapi_extra=openapi_body(RouteRequest))
     async def route(request: Request):
-        data = await read_json(request)
-        endpoint, body, model = unwrap(data)
-        if model is not None and not isinstance(model, str):
-            raise InvalidRequest("`model` must be a string.", param="model")
-        decision = route_request(request, endpoint, body, model)
+        internal = unwrap(await read_json(request))
+        decision = route_request(request, internal)
         state(request).metrics.requests.labels("router", "/v1/route", decision.label, decision.model_id, "200").inc()
         out = decision.as_dict()
-        out["endpoint"] = endpoint
-        return JSONResponse(out, headers=route_headers(decision))
+        out["endpoint"] = internal.endpoint
+        return JSONResponse(out, headers=decision.headers())
 
     @api.get("/metrics")
     async def metrics(request: Request):

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.backend import SamplingParams
+from models.request import SamplingParams
 from models.errors import UnsupportedParameter
 
 MAX_TOKENS_LIMIT = 1_048_576

@@ -1,4 +1,4 @@
-"""The four routing labels: the contract between the classifier, the catalog and the router."""
+"""The four routing labels: the contract between the classifier, the catalog and the router (their one owner)."""
 
 from __future__ import annotations
 
