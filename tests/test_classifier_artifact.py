@@ -10,6 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from router.dialects.endpoints import parse_request
+from request_parsing import classify
+
+from router.dialects.endpoints import parse_request
+
 from classifier import ArtifactError, Classifier, Label
 from classifier.features import compose_document
 from classifier.model import DEFAULT_ARTIFACT, TRUSTED_TYPES, TextModel
@@ -28,7 +33,7 @@ def small_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, small_data) -> Path:
     out = tmp_path_factory.mktemp("artifact") / "clf.skops"
-    train(out, small_data, dev=None, seed=7, progress=False)
+    train(parse_request, out, small_data, dev=None, seed=7, progress=False)
     return out
 
 
@@ -56,7 +61,7 @@ def test_round_trip_matches_the_sklearn_pipeline(trained):
 
 def test_training_is_reproducible(tmp_path, small_data, trained):
     again = tmp_path / "again.skops"
-    train(again, small_data, dev=None, seed=7, progress=False)
+    train(parse_request, again, small_data, dev=None, seed=7, progress=False)
     a, b = TextModel.load(trained), TextModel.load(again)
     assert a.terms_ == b.terms_
     assert a.coef_ == b.coef_ and a.intercept_ == b.intercept_
@@ -64,7 +69,7 @@ def test_training_is_reproducible(tmp_path, small_data, trained):
 
 def test_loaded_artifact_classifies(trained):
     clf = Classifier.load(trained)
-    d = clf.classify("/v1/chat/completions", {"messages": [{"role": "user", "content": "fix the bug in this python function:\ndef add(a, b):\n    return a - b"}]})
+    d = classify(clf, "/v1/chat/completions", {"messages": [{"role": "user", "content": "fix the bug in this python function:\ndef add(a, b):\n    return a - b"}]})
     assert d.label is Label.code_edit
 
 

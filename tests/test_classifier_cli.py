@@ -85,7 +85,7 @@ def test_explain_shows_reasons_and_budget(app, runner):
         (["classify"], "nothing to classify"),
         (["classify", "--request", "/nonexistent/req.json"], "request file not found"),
         (["classify", "x", "--request", "/nonexistent/req.json"], "not both"),
-        (["classify", "--endpoint", "/v2/what", "hello"], "unsupported endpoint"),
+        (["classify", "--endpoint", "/v2/what", "hello"], "`endpoint` must be one of"),
         (["classify", "--artifact", "/nonexistent/a.skops", "hello"], "not found"),
         (["eval", "/nonexistent/dev.jsonl"], "eval file not found"),
     ],
@@ -106,7 +106,7 @@ def test_bad_request_file_contents(app, runner, tmp_path):
     wrong = tmp_path / "wrong.json"
     wrong.write_text(json.dumps({"endpoint": "/api/chat", "body": {"messages": "hi"}}))
     result = runner.invoke(app, ["classify", "--request", str(wrong)])
-    assert result.exit_code == 2 and "messages: must be a list" in result.stderr
+    assert result.exit_code == 2 and "Invalid value for `messages`" in result.stderr
 
 
 def test_eval_text(app, runner, tmp_path):

@@ -7,7 +7,7 @@ import json
 from classifier.dataset import DATA_DIR, DEV_SOURCES, EXCLUDED_SOURCES
 from classifier.evaluate import read_eval_file
 from models.labels import Label
-from classifier.request_view import ENDPOINTS
+from router.dialects.endpoints import ENDPOINTS, parse_request
 from classifier.train import DEV_FILE, TRAIN_FILE
 
 
@@ -17,9 +17,9 @@ def _rows(path):
 
 
 def test_dev_set_is_readable_and_covers_every_dialect_and_label():
-    items, skipped = read_eval_file(DEV_FILE)
+    items, skipped = read_eval_file(DEV_FILE, parse_request)
     assert skipped == []
-    assert {item.endpoint for item in items} == set(ENDPOINTS)
+    assert {item.request.endpoint for item in items} == set(ENDPOINTS)
     assert {item.label for item in items} == set(Label)
 
 

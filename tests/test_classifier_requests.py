@@ -1,10 +1,13 @@
-"""Bad request bodies get InvalidRequestShape naming the field, never a crash or a guess."""
+"""Bad request bodies are refused naming the field (by the adapter, or the classifier for what only it cares about), never a crash or a guess."""
 
 from __future__ import annotations
 
 import pytest
 
+from request_parsing import classify, view_of
+
 from classifier import Classifier, InvalidRequestShape
+from models.errors import InvalidRequest
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +40,23 @@ BAD = [
     ("/api/generate", {"prompt": "x", "context": "abc"}, "context", "token ids"),
     ("/infill", {}, "input_prefix", "required"),
     ("/infill", {"input_prefix": 1, "input_suffix": ""}, "input_prefix", "must be a string"),
-    ("/infill", {"input_prefix": "", "input_suffix": None, "input_extra": "x"}, "input_extra", "list"),
+    ("/infill", {"input_prefix": "", "input_suffix": "", "input_extra": "x"}, "input_extra", "list"),
     ("/infill", {"input_prefix": "", "input_suffix": "", "input_extra": [{"text": 5}]}, "input_extra[0]", "string `text`"),
 ]
 
 
+CLASSIFIER_SIDE = {"empty"}  # what only the classifier refuses; the rest is the adapters'
+
+
 @pytest.mark.parametrize("endpoint,body,field,words", BAD, ids=[f"{e}:{f}:{w}" for e, _, f, w in BAD])
-def test_bad_request_is_invalid_request_shape(clf, endpoint, body, field, words):
-    with pytest.raises(InvalidRequestShape) as info:
-        clf.classify(endpoint, body)
-    assert info.value.field == field
-    assert words in info.value.message
-    assert field in str(info.value)
+def test_bad_request_is_refused_naming_the_field(clf, endpoint, body, field, words):
+    with pytest.raises((InvalidRequest, InvalidRequestShape)) as info:
+        classify(clf, endpoint, body)
+    if words in CLASSIFIER_SIDE:
+        assert isinstance(info.value, InvalidRequestShape) and info.value.field == field and words in info.value.message
+    else:  # one set of rules: the dialect adapter refuses it before the classifier sees it
+        assert isinstance(info.value, InvalidRequest), info.value
+        assert (info.value.param or "").split(".")[0].split("[")[0] == field.split(".")[0].split("[")[0], info.value.param
 
 
 def test_invalid_request_shape_is_a_value_error():
@@ -57,17 +65,18 @@ def test_invalid_request_shape_is_a_value_error():
 
 def test_shape_only_validates_too():
     with pytest.raises(InvalidRequestShape):
-        Classifier.shape_only().classify("/api/chat", {"messages": []})
+        classify(Classifier.shape_only(), "/api/chat", {"messages": []})
 
 
 def test_huge_prompt_is_classified_not_rejected(clf):
     huge = "Please summarise the following meeting notes.\n" + "The team discussed the quarterly roadmap. " * 30_000
     assert len(huge) > 1_000_000
-    d = clf.classify("/v1/chat/completions", {"messages": [{"role": "user", "content": huge}]})
+    d = classify(clf, "/v1/chat/completions", {"messages": [{"role": "user", "content": huge}]})
     assert d.label.value == "instruct"
 
 
-def test_wrong_types_in_ignored_fields_are_tolerated(clf):
-    """Fields the classifier does not read are the dialect adapter's to validate, not ours."""
-    d = clf.classify("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi there, how are you?"}], "temperature": "hot"})
-    assert d.label.value == "instruct"
+def test_wrong_types_in_fields_the_classifier_does_not_read_are_the_adapters_to_refuse(clf):
+    """One set of rules: a body the server would refuse is refused here too, naming the field."""
+    with pytest.raises(InvalidRequest) as err:
+        classify(clf, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi there"}], "temperature": "hot"})
+    assert err.value.param == "temperature"
