@@ -29,7 +29,6 @@ from models.errors import (
     FimNotSupported,
     InvalidRequest,
     ModelLoadFailed,
-    RouterError,
     UpstreamUnavailable,
 )
 from models.replicas import Replica, ReplicaSet

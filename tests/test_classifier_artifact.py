@@ -10,15 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router.dialects.endpoints import parse_request
-from request_parsing import classify
-
-from router.dialects.endpoints import parse_request
-
 from classifier import ArtifactError, Classifier, Label
 from classifier.features import compose_document
 from classifier.model import DEFAULT_ARTIFACT, TRUSTED_TYPES, TextModel
 from classifier.train import TRAIN_FILE, train
+from request_parsing import classify
+from router.dialects.endpoints import parse_request
 
 
 @pytest.fixture(scope="module")

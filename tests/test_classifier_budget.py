@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from classifier import Classifier
+from classifier.text import TEXT_BUDGET
 from request_parsing import classify, view_of
-from classifier.text import MAX_MESSAGES, TEXT_BUDGET
 
 MB = 1_000_000
 CODE = "def f(x):\n    return x * 2\n"

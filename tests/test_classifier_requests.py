@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from request_parsing import classify, view_of
-
 from classifier import Classifier, InvalidRequestShape
 from models.errors import InvalidRequest
+from request_parsing import classify
 
 
 @pytest.fixture(scope="module")

@@ -183,8 +183,6 @@ def test_system_prompt_does_not_make_a_conversation(clf):
 
 
 def test_system_prompt_is_context_for_the_text_model(clf):
-    from request_parsing import classify, view_of
-
     body = {"messages": [{"role": "system", "content": "You are a senior Rust reviewer."}, {"role": "user", "content": "hi"}]}
     assert "Rust reviewer" in view_of("/v1/chat/completions", body).context
 

@@ -10,7 +10,7 @@ import pytest
 from tiny_gguf import write_tiny_gguf
 
 from models.backend import BackendOptions
-from models.events import Finish, TextDelta, Usage
+from models.events import Finish, TextDelta
 from models.request import Request, SamplingParams
 from models.catalog import Catalog, LocalSource, ModelSpec
 from models.errors import (

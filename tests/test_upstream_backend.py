@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from models.backend import BackendOptions
-from models.events import Finish, TextDelta, Usage
+from models.events import Finish, TextDelta
 from models.request import Request, SamplingParams, text_message
 from models.catalog import ModelSpec
 from models.errors import FimNotSupported, UpstreamUnavailable

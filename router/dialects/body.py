@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from models.errors import InvalidRequest
+from models.request import Request as InternalRequest
 from router.errors import from_validation_errors
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class BodyModel(Protocol):
+    """A dialect's pydantic body model: it knows the internal Request it stands for."""
+
+    def to_request(self) -> InternalRequest: ...
 
 # NUL and lone surrogates (which JSON "\ud800" escapes can produce) break tokenizers and logs.
 BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
@@ -63,6 +70,18 @@ def validate(model: type[M], data: dict[str, Any]) -> M:
     except ValidationError as exc:
         # Locations as FastAPI reports them (under "body"), so a field named `body` keeps its name.
         raise from_validation_errors([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+
+
+def parse_data(model: type[M], data: dict[str, Any]) -> tuple[M, InternalRequest]:
+    """(validated body, internal Request): the one parse every dialect and `/v1/route` share."""
+    body = validate(model, data)
+    internal: BodyModel = body  # type: ignore[assignment]  # every dialect body model has to_request
+    return body, internal.to_request()
+
+
+async def parse(request: Request, model: type[M]) -> tuple[M, InternalRequest]:
+    """The HTTP request's body, read and parsed by `model`."""
+    return parse_data(model, await read_json(request))
 
 
 def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:

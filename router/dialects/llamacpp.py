@@ -21,7 +21,7 @@ from models.events import Finish
 from models.labels import LABELS
 from models.pool import Pool
 from models.request import FimFile, Request
-from router.dialects.body import openapi_body, read_json, validate
+from router.dialects.body import openapi_body, parse
 from router.dialects.dispatch import answer, route_request, submit
 from router.dialects.sampling import MAX_TOKENS_LIMIT, LlamaCppExtras, logit_bias_map, sampling_params, stop_tuple
 from router.errors import LLAMACPP, error_body
@@ -121,14 +121,6 @@ class LlamaCompletionRequest(LlamaSampling):
         return Request("complete", "/completion", self.model, self.params(seed_offset), prompt=text, warmup=self.limit == 0)
 
 
-def parse_infill(data: dict[str, Any]) -> tuple[InfillRequest, Request]:
-    req = validate(InfillRequest, data)
-    return req, req.to_request()
-
-
-def parse_completion(data: dict[str, Any]) -> tuple[LlamaCompletionRequest, Request]:
-    req = validate(LlamaCompletionRequest, data)
-    return req, req.to_request()
 
 
 def timings(finish: Finish) -> dict[str, float]:
@@ -283,15 +275,15 @@ def build() -> APIRouter:
 
     @api.post("/infill", openapi_extra=openapi_body(InfillRequest))
     async def infill(request: HTTPRequest):
-        return await generate(request, *parse_infill(await read_json(request)))
+        return await generate(request, *await parse(request, InfillRequest))
 
     @api.post("/completion", openapi_extra=openapi_body(LlamaCompletionRequest))
     async def completion(request: HTTPRequest):
-        return await generate(request, *parse_completion(await read_json(request)))
+        return await generate(request, *await parse(request, LlamaCompletionRequest))
 
     @api.post("/completions", openapi_extra=openapi_body(LlamaCompletionRequest), include_in_schema=False)
     async def completion_alias(request: HTTPRequest):
-        return await generate(request, *parse_completion(await read_json(request)))
+        return await generate(request, *await parse(request, LlamaCompletionRequest))
 
     @api.get("/health")
     async def health(request: HTTPRequest):

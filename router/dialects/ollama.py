@@ -30,7 +30,7 @@ from models.events import Finish, ToolCallDelta, ToolCallStart
 from models.fim import FAMILIES
 from models.labels import LABELS
 from models.request import ImagePart, Message, Part, Request, TextPart, ToolCall, ToolResult, text_message
-from router.dialects.body import openapi_body, read_json, validate
+from router.dialects.body import openapi_body, parse, read_json, validate
 from router.dialects.dispatch import answer, route_request
 from router.dialects.sampling import MAX_TOKENS_LIMIT, sampling_params, stop_tuple
 from router.errors import OLLAMA, error_body
@@ -237,14 +237,6 @@ class OllamaChatRequest(OllamaCommon):
         return Request("chat", "/api/chat", self.model, self.params(), messages)
 
 
-def parse_generate(data: dict[str, Any]) -> tuple[GenerateRequest, Request]:
-    req = validate(GenerateRequest, data)
-    return req, req.to_request()
-
-
-def parse_chat(data: dict[str, Any]) -> tuple[OllamaChatRequest, Request]:
-    req = validate(OllamaChatRequest, data)
-    return req, req.to_request()
 
 
 class ShowRequest(BaseModel):
@@ -487,7 +479,7 @@ def keep_alive_hook(request: HTTPRequest, route: Route, keep: float | None) -> C
 
 
 async def generate(request: HTTPRequest):
-    req, internal = parse_generate(await read_json(request))
+    req, internal = await parse(request, GenerateRequest)
     if not req.prompt and req.suffix is None:
         return await load_or_unload(request, req, chat=False)
     route = route_request(request, internal)
@@ -501,7 +493,7 @@ async def generate(request: HTTPRequest):
 
 
 async def chat(request: HTTPRequest):
-    req, internal = parse_chat(await read_json(request))
+    req, internal = await parse(request, OllamaChatRequest)
     if not req.messages:
         return await load_or_unload(request, req, chat=True)
     route = route_request(request, internal)

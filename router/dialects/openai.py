@@ -19,7 +19,7 @@ from models.errors import InvalidRequest, ModelNotFound, RouterError, Unsupporte
 from models.events import Finish, ToolCallDelta, ToolCallStart, Usage
 from models.labels import LABELS
 from models.request import ImagePart, Message, Part, Request, TextPart, ToolCall, ToolResult
-from router.dialects.body import openapi_body, read_json, validate
+from router.dialects.body import openapi_body, parse
 from router.dialects.dispatch import answer, route_request
 from router.dialects.sampling import MAX_TOKENS_LIMIT, LlamaCppExtras, logit_bias_map, sampling_params, stop_tuple
 from router.errors import OPENAI, error_body
@@ -231,14 +231,6 @@ class CompletionRequest(OpenAISampling):
         return Request("complete", "/v1/completions", self.model, params, prompt=self.text)
 
 
-def parse_chat(data: dict[str, Any]) -> tuple[ChatRequest, Request]:
-    req = validate(ChatRequest, data)
-    return req, req.to_request()
-
-
-def parse_completion(data: dict[str, Any]) -> tuple[CompletionRequest, Request]:
-    req = validate(CompletionRequest, data)
-    return req, req.to_request()
 
 
 def usage(u: Usage) -> dict[str, int]:
@@ -335,14 +327,14 @@ def build() -> APIRouter:
 
     @api.post("/v1/chat/completions", openapi_extra=openapi_body(ChatRequest))
     async def chat_completions(request: HTTPRequest):
-        req, internal = parse_chat(await read_json(request))
+        req, internal = await parse(request, ChatRequest)
         route = route_request(request, internal)
         fmt = OpenAIFormat(True, route.model_id, req.include_usage)
         return await answer(request, dialect=OPENAI, route=route, internal=internal, fmt=fmt, stream=req.stream)
 
     @api.post("/v1/completions", openapi_extra=openapi_body(CompletionRequest))
     async def completions(request: HTTPRequest):
-        req, internal = parse_completion(await read_json(request))
+        req, internal = await parse(request, CompletionRequest)
         route = route_request(request, internal)
         key = Superseder.key(request, OPENAI, internal, req.id_slot) if internal.kind == "fim" else None
         fmt = OpenAIFormat(False, route.model_id, req.include_usage)
