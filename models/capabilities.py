@@ -1,4 +1,4 @@
-"""What a model can do: FIM, tool calls, its context size. One owner, asked by routing and the dialects.
+"""What a model can do: FIM and its context size (tool calls come with the tool-calling work). One owner, asked by routing and the dialects.
 
 Before a model is loaded only the catalog can tell (a `fim_family` override, an upstream's declared
 family): unknown stays None. Once loaded, the backend reports what its GGUF really holds, and the
@@ -14,9 +14,8 @@ from models.catalog import ModelSpec, UpstreamSource
 
 @dataclass(frozen=True, slots=True)
 class Capabilities:
+    n_ctx: int  # the context the model runs with
     fim: bool | None = None  # FIM tokens in the vocabulary (None: not known before loading)
-    tools: bool | None = None  # the chat template renders tools
-    n_ctx: int | None = None  # the context the model runs with
     fim_family: str | None = None  # the FIM family, where known
 
 
@@ -25,4 +24,4 @@ def declared(spec: ModelSpec) -> Capabilities:
     family = spec.fim_family
     if family is None and isinstance(spec.source, UpstreamSource):
         family = spec.source.fim_family
-    return Capabilities(fim=True if family else None, n_ctx=spec.n_ctx, fim_family=family)
+    return Capabilities(spec.n_ctx, fim=True if family else None, fim_family=family)

@@ -149,12 +149,8 @@ class LlamaBackend:
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(
-            fim=self.fim is not None,
-            tools=None,
-            n_ctx=self.n_ctx,
-            fim_family=self.fim.family if self.fim is not None else None,
-        )
+        family = self.fim.family if self.fim is not None else None
+        return Capabilities(self.n_ctx, fim=self.fim is not None, fim_family=family)
 
     def count_prompt_tokens(self, request: Request) -> int:
         return len(self._prepare(request).tokens)

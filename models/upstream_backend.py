@@ -167,7 +167,7 @@ class UpstreamBackend:
     @property
     def capabilities(self) -> Capabilities:
         fim = self.api == "llama.cpp" or self.fim_family is not None
-        return Capabilities(fim=fim, tools=None, n_ctx=self.n_ctx, fim_family=self.fim_family)
+        return Capabilities(self.n_ctx, fim=fim, fim_family=self.fim_family)
 
     def count_prompt_tokens(self, request: Request) -> int:
         """Exact from llama-server's /tokenize when the estimate comes near n_ctx; an estimate otherwise.

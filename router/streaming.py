@@ -47,6 +47,19 @@ class CollectedCall:
     arguments: str = ""
 
 
+class CallCollector:
+    """Whole tool calls from their start and argument events (collect() and formats that send calls whole)."""
+
+    def __init__(self) -> None:
+        self.calls: list[CollectedCall] = []
+
+    def add(self, event: ToolCallStart | ToolCallDelta) -> None:
+        if isinstance(event, ToolCallStart):
+            self.calls.append(CollectedCall(event.id, event.name))
+        else:
+            self.calls[event.index].arguments += event.arguments
+
+
 @dataclass
 class Outcome:
     """A finished generation, collected: its text, its tool calls, and how it ended."""
@@ -169,16 +182,14 @@ def failure_of(finish: Finish | None) -> GenerationFailed | None:
 async def collect(active: ActiveGeneration) -> Outcome:
     """Run a started generation to its end; mid-generation failure raises GenerationFailed."""
     parts: list[str] = []
-    calls: list[CollectedCall] = []
+    calls = CallCollector()
     finish: Finish | None = None
     try:
         async for event in active:
             if isinstance(event, TextDelta):
                 parts.append(event.text)
-            elif isinstance(event, ToolCallStart):
-                calls.append(CollectedCall(event.id, event.name))
-            elif isinstance(event, ToolCallDelta):
-                calls[event.index].arguments += event.arguments
+            elif isinstance(event, ToolCallStart | ToolCallDelta):
+                calls.add(event)
             elif isinstance(event, Finish):
                 finish = event
                 break
@@ -188,7 +199,7 @@ async def collect(active: ActiveGeneration) -> Outcome:
     if failed is not None:
         raise failed
     assert finish is not None
-    return Outcome("".join(parts), finish, calls)
+    return Outcome("".join(parts), finish, calls.calls)
 
 
 class Recorder(Protocol):

@@ -299,7 +299,7 @@ def build() -> APIRouter:
         spec = model_for_props(request, model)
         app_state = state(request)
         loaded = {st.id: st for st in app_state.pool.status()}
-        n_ctx = spec.n_ctx if spec else 0
+        n_ctx = app_state.router.capabilities(spec).n_ctx if spec else 0
         path = spec.source_path if spec else ""
         return {
             "default_generation_settings": {"n_ctx": n_ctx, "params": {"n_predict": -1, "temperature": 0.8, "top_k": 40,

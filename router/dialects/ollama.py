@@ -36,7 +36,7 @@ from router.dialects.sampling import MAX_TOKENS_LIMIT, sampling_params, stop_tup
 from router.errors import OLLAMA, error_body
 from router.routing import AUTO_NAMES, Route
 from router.state import state
-from router.streaming import NDJSON, CollectedCall, Outcome, json_str
+from router.streaming import NDJSON, CallCollector, CollectedCall, Outcome, json_str
 from router.superseder import Superseder
 
 OLLAMA_VERSION = "0.9.0"
@@ -262,7 +262,7 @@ class OllamaFormat:
     def __init__(self, model: str, chat: bool) -> None:
         self.model = model
         self.chat = chat
-        self.calls: list[CollectedCall] = []
+        self.calls = CallCollector()
         self.started = time.perf_counter()
         self.created_at = now_iso()
         head = '{"model":' + json_str(model) + ',"created_at":"' + self.created_at + '",'
@@ -306,15 +306,15 @@ class OllamaFormat:
         return (self._open + json_str(text) + self._close).encode()
 
     def tool_call_start(self, event: ToolCallStart) -> bytes:
-        self.calls.append(CollectedCall(event.id, event.name))
+        self.calls.add(event)
         return b""
 
     def tool_call_delta(self, event: ToolCallDelta) -> bytes:
-        self.calls[event.index].arguments += event.arguments
+        self.calls.add(event)
         return b""
 
     def tail(self, finish: Finish) -> bytes:
-        return (json.dumps(self.final("", finish, self.calls), ensure_ascii=False) + "\n").encode()
+        return (json.dumps(self.final("", finish, self.calls.calls), ensure_ascii=False) + "\n").encode()
 
     def error(self, err: RouterError) -> bytes:
         return (json.dumps(error_body(OLLAMA, err)) + "\n").encode()
@@ -397,13 +397,13 @@ async def show(request: HTTPRequest) -> dict[str, Any]:
     if not name or not name.strip():
         raise InvalidRequest("`model` is required.", param="model")
     _, spec = resolve_name(request, name)
-    catalog = state(request).router.catalog
+    router = state(request).router
     if spec is None:  # auto: whatever the router can reach
-        fim = any(fim_capable(request, s) for s in catalog.models)
-        n_ctx = max((s.n_ctx for s in catalog.models), default=4096)
+        fim = any(fim_capable(request, s) for s in router.catalog.models)
+        n_ctx = max((router.capabilities(s).n_ctx for s in router.catalog.models), default=4096)
     else:
         fim = fim_capable(request, spec)
-        n_ctx = spec.n_ctx
+        n_ctx = router.capabilities(spec).n_ctx
     family = family_of(request, spec)
     stops = FAMILIES[family].stops if fim and family in FAMILIES else ()
     parameters = "\n".join([f"num_ctx {n_ctx}"] + [f"stop {json.dumps(s, ensure_ascii=False)}" for s in stops])
