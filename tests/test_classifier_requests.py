@@ -27,7 +27,7 @@ BAD = [
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": ""}]}, "messages[0].content", "empty"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "   \n"}]}, "messages[0].content", "empty"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": 42}]}, "messages[0].content", "string or a list"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": ["x"]}]}, "messages[0].content[0]", "must be an object"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": ["x"]}]}, "messages[0].content", "must be an object"),
     ("/v1/completions", {}, "prompt", "required"),
     ("/v1/completions", {"prompt": {"text": "x"}}, "prompt", "must be a string"),
     ("/v1/completions", {"prompt": []}, "prompt", "empty list"),
@@ -40,7 +40,7 @@ BAD = [
     ("/infill", {}, "input_prefix", "required"),
     ("/infill", {"input_prefix": 1, "input_suffix": ""}, "input_prefix", "must be a string"),
     ("/infill", {"input_prefix": "", "input_suffix": "", "input_extra": "x"}, "input_extra", "list"),
-    ("/infill", {"input_prefix": "", "input_suffix": "", "input_extra": [{"text": 5}]}, "input_extra[0]", "string `text`"),
+    ("/infill", {"input_prefix": "", "input_suffix": "", "input_extra": [{"text": 5}]}, "input_extra[0].text", "string `text`"),
 ]
 
 
@@ -55,7 +55,7 @@ def test_bad_request_is_refused_naming_the_field(clf, endpoint, body, field, wor
         assert isinstance(info.value, InvalidRequestShape) and info.value.field == field and words in info.value.message
     else:  # one set of rules: the dialect adapter refuses it before the classifier sees it
         assert isinstance(info.value, InvalidRequest), info.value
-        assert (info.value.param or "").split(".")[0].split("[")[0] == field.split(".")[0].split("[")[0], info.value.param
+        assert info.value.param == field
 
 
 def test_invalid_request_shape_is_a_value_error():
