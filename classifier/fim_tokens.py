@@ -1,19 +1,12 @@
-"""FIM special tokens of every model family, and a bounded scan for them in raw prompts."""
+"""A bounded scan of raw prompts for any model family's FIM tokens (the tokens are models.fim's)."""
 
 from __future__ import annotations
 
-# family -> tokens; a prompt holding `need` of them (or more) is a FIM prompt of that family.
-# Tokens that could occur in ordinary text (`<PRE>` is also an HTML tag, `[SUFFIX]` a plain
-# bracket word) need two distinct tokens; the others are unique enough alone.
+from models.fim import FAMILIES
+
+# family -> (markers, how many distinct ones make a FIM prompt): models.fim owns the spellings.
 FIM_FAMILIES: dict[str, tuple[tuple[str, ...], int]] = {
-    "qwen": (("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"), 1),
-    "codegemma": (("<|file_separator|>",), 1),
-    "starcoder": (("<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<fim_pad>", "<fim-prefix>", "<fim-suffix>", "<fim-middle>"), 1),
-    "deepseek": (("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "<|fim▁begin|>", "<|fim▁hole|>", "<|fim▁end|>"), 1),
-    "seed-coder": (("<[fim-prefix]>", "<[fim-suffix]>", "<[fim-middle]>"), 1),
-    "codegeex": (("<|code_prefix|>", "<|code_suffix|>", "<|code_middle|>"), 1),
-    "codellama": (("<PRE>", "<SUF>", "<MID>"), 2),
-    "codestral": (("[SUFFIX]", "[PREFIX]"), 2),
+    family.name: (family.markers, family.markers_needed) for family in FAMILIES.values()
 }
 
 # Hole markers used by chat-based autocomplete (e.g. Continue's hole filler): FIM through a chat model.

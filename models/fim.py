@@ -41,6 +41,12 @@ class FimFamily:
     # Families that share FIM tokens (Qwen, CodeGemma) are told apart by another token's presence.
     requires: tuple[str, ...] = ()
     excludes: tuple[str, ...] = ()
+    # What marks a raw prompt as written for this family (the classifier's shape rule): spellings
+    # from the ones above or its pad token. Tokens that also occur in ordinary text (`<PRE>` is an
+    # HTML tag, `[SUFFIX]` a bracketed word) need `markers_needed` distinct ones.
+    markers: tuple[str, ...] = ()
+    markers_needed: int = 1
+    pad: tuple[str, ...] = ()
 
     def fits(self, has: Callable[[str], bool]) -> bool:
         return all(has(t) for t in self.requires) and not any(has(t) for t in self.excludes)
@@ -58,6 +64,7 @@ FAMILIES: dict[str, FimFamily] = {
             file_sep=("<|file_separator|>",),
             stops=("<|file_separator|>", "<end_of_turn>", "<eos>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
             requires=("<|file_separator|>",),
+            markers=("<|file_separator|>",),
         ),
         FimFamily(
             "qwen",
@@ -71,6 +78,8 @@ FAMILIES: dict[str, FimFamily] = {
                 "<|repo_name|>", "<|file_sep|>", "<|im_start|>", "<|im_end|>",
             ),
             excludes=("<|file_separator|>",),
+            pad=("<|fim_pad|>",),
+            markers=("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"),
         ),
         FimFamily(
             "starcoder",
@@ -83,13 +92,18 @@ FAMILIES: dict[str, FimFamily] = {
                 "<|endoftext|>", "<file_sep>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<fim_pad>",
                 "<repo_name>", "<fim-prefix>", "<fim-suffix>", "<fim-middle>", "<fim-pad>",
             ),
+            pad=("<fim_pad>", "<fim-pad>"),
+            markers=("<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<fim_pad>", "<fim-prefix>", "<fim-suffix>",
+                     "<fim-middle>"),
         ),
         FimFamily(
             "deepseek",
-            prefix=("<｜fim▁begin｜>",),
-            suffix=("<｜fim▁hole｜>",),
-            middle=("<｜fim▁end｜>",),
+            # Its vocabulary spells them with full-width bars; clients also write them with ASCII ones.
+            prefix=("<｜fim▁begin｜>", "<|fim▁begin|>"),
+            suffix=("<｜fim▁hole｜>", "<|fim▁hole|>"),
+            middle=("<｜fim▁end｜>", "<|fim▁end|>"),
             stops=("<｜end▁of▁sentence｜>", "<|EOT|>", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"),
+            markers=("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "<|fim▁begin|>", "<|fim▁hole|>", "<|fim▁end|>"),
         ),
         FimFamily(
             "codellama",
@@ -97,6 +111,8 @@ FAMILIES: dict[str, FimFamily] = {
             suffix=("<SUF>", "▁<SUF>"),
             middle=("<MID>", "▁<MID>"),
             stops=("<EOT>", "▁<EOT>", "</s>", "<PRE>", "▁<PRE>", "<SUF>", "▁<SUF>", "<MID>", "▁<MID>"),
+            markers=("<PRE>", "<SUF>", "<MID>"),
+            markers_needed=2,
         ),
         FimFamily(
             "codestral",
@@ -104,6 +120,8 @@ FAMILIES: dict[str, FimFamily] = {
             suffix=("[SUFFIX]",),
             middle=("[MIDDLE]",),
             stops=("[PREFIX]", "[SUFFIX]", "[MIDDLE]", "</s>"),
+            markers=("[SUFFIX]", "[PREFIX]"),
+            markers_needed=2,
             order="spm",
             uses_middle=False,
         ),
@@ -113,6 +131,7 @@ FAMILIES: dict[str, FimFamily] = {
             suffix=("<[fim-suffix]>",),
             middle=("<[fim-middle]>",),
             stops=("<[end▁of▁sentence]>", "<[fim-prefix]>", "<[fim-suffix]>", "<[fim-middle]>"),
+            markers=("<[fim-prefix]>", "<[fim-suffix]>", "<[fim-middle]>"),
         ),
         FimFamily(
             "codegeex",
@@ -120,6 +139,7 @@ FAMILIES: dict[str, FimFamily] = {
             suffix=("<|code_suffix|>",),
             middle=("<|code_middle|>",),
             stops=("<|endoftext|>", "<|user|>", "<|code_prefix|>", "<|code_suffix|>", "<|code_middle|>"),
+            markers=("<|code_prefix|>", "<|code_suffix|>", "<|code_middle|>"),
         ),
     )
 }
