@@ -29,12 +29,18 @@ from models.backend import BackendOptions
 from models.capabilities import Capabilities
 from models.catalog import ModelSpec
 from models.chat_messages import template_messages
-from models.errors import ContextLengthExceeded, FimNotSupported, InvalidRequest, ModelLoadFailed
-from models.events import Event, Finish, TextDelta, Usage
+from models.errors import ContextLengthExceeded, FimNotSupported, InvalidRequest, ModelLoadFailed, UnsupportedParameter
+from models.events import Event, Finish, TextDelta, ToolCallStart, Usage
 from models.fim import FimPrompt, FimTokens, Piece, build_fim_prompt, detect_fim, translate_fim_prompt
 from models.gguf_header import diagnose_gguf, kv_cache_bytes
+from models.grammar import json_output_grammar
 from models.prompt_tokenizer import PromptTokenizer
-from models.request import Message, Request, SamplingParams
+from models.request import Request, SamplingParams, text_message
+from models.tool_formats import (
+    GENERIC, MISTRAL, MISTRAL_ARGS, ToolFormat, ToolGrammar, detect_tool_format, generic_system_prompt, mistral_ids,
+    template_tools, tool_grammar,
+)
+from models.tool_parser import ToolCallParser
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -137,6 +143,7 @@ class LlamaBackend:
             self._chat_stops = () if template is CHATML_TEMPLATE else TRANSCRIPT_STOPS
         self.chat_template: str = template
         self._template = _jinja_env().from_string(template)
+        self.tool_format: ToolFormat | None = detect_tool_format(template)
         self._bos_text = llm._model.token_get_text(self._bos) if self._bos >= 0 else ""
         self._eos_text = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() >= 0 else ""
         self.memory_bytes: int = self.weights_path.stat().st_size + kv_cache_bytes(metadata, self.n_ctx)
@@ -150,7 +157,9 @@ class LlamaBackend:
     @property
     def capabilities(self) -> Capabilities:
         family = self.fim.family if self.fim is not None else None
-        return Capabilities(self.n_ctx, fim=self.fim is not None, fim_family=family)
+        tools = self.tool_format
+        return Capabilities(self.n_ctx, fim=self.fim is not None, fim_family=family, tools=tools is not None,
+                            tool_format=tools.name if tools else None)
 
     def count_prompt_tokens(self, request: Request) -> int:
         return len(self._prepare(request).tokens)
@@ -182,10 +191,22 @@ class LlamaBackend:
 
     def _render(self, request: Request) -> _Prepared:
         if request.kind == "chat":
-            text = self._render_chat(request.messages)
+            tool_format = self._tool_format_for(request)
+            text = self._render_chat(request, tool_format)
             self._refuse_surely_too_long(text, request)
             add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
-            return _Prepared(self._tokenize(text, add_bos=add_bos, special=True), self._chat_stops, frozenset())
+            prep = _Prepared(self._tokenize(text, add_bos=add_bos, special=True), self._chat_stops, frozenset())
+            prep.tool_format = tool_format
+            if tool_format is not None:
+                schema = request.output.schema if request.output.kind == "json_schema" else None
+                prep.grammar = tool_grammar(tool_format, request.tools, request.tool_choice,
+                                            request.tool_choice.parallel, schema)
+                prep.preserved = {tid: m.encode() for m in tool_format.markers
+                                  if (tid := self._token_id(m)) is not None}
+            elif request.output.kind != "text":
+                schema = request.output.schema if request.output.kind == "json_schema" else None
+                prep.grammar = ToolGrammar(json_output_grammar(schema, "response_format"), lazy=False)
+            return prep
         if request.kind == "complete":
             fim = translate_fim_prompt(request.prompt, self.fim, model_id=self.model_id)
             if fim is None:
@@ -204,10 +225,36 @@ class LlamaBackend:
             return self._fim_tokens(fim, request.params, trim=True)
         raise InvalidRequest(f"unknown generation kind {request.kind!r}")
 
-    def _render_chat(self, messages: Sequence[Message]) -> str:
+    def _tool_format_for(self, request: Request) -> ToolFormat | None:
+        """The call syntax this request's tools use here; None when it carries none (or tool_choice none)."""
+        if not request.tools or request.tool_choice.mode == "none":
+            return None
+        if self.tool_format is None:
+            raise UnsupportedParameter(
+                f"Model {self.model_id!r} cannot call tools: its chat template does not render them. Use a model "
+                "whose template does (Qwen2.5/Qwen3, Llama 3.1+, Mistral, Hermes), or set `chat_template` in the catalog.",
+                param="tools",
+            )
+        # Tools beside a JSON answer: llama.cpp's generic form, whose grammar holds both.
+        return GENERIC if request.output.kind != "text" else self.tool_format
+
+    def _render_chat(self, request: Request, tool_format: ToolFormat | None) -> str:
+        messages = request.messages
         if not messages:
             raise InvalidRequest("a chat request needs at least one message", param="messages")
+        tools = None
+        if tool_format is GENERIC:
+            schema = request.output.schema if request.output.kind == "json_schema" else None
+            instruction = generic_system_prompt(request.tools, request.tool_choice, schema)
+            if messages[0].role == "system":
+                messages = (text_message("system", messages[0].text + "\n\n" + instruction), *messages[1:])
+            else:
+                messages = (text_message("system", instruction), *messages)
+        elif tool_format is not None:
+            tools = template_tools(request.tools)
         rendered = template_messages(messages, self.model_id)
+        if self.tool_format in (MISTRAL, MISTRAL_ARGS):
+            rendered = mistral_ids(rendered)
         try:
             return self._template.render(
                 messages=rendered,
@@ -216,7 +263,7 @@ class LlamaBackend:
                 eos_token=self._eos_text,
                 raise_exception=_raise_template_error,
                 strftime_now=lambda fmt: datetime.now().strftime(fmt),
-                tools=None,
+                tools=tools,
             )
         except InvalidRequest:
             raise
@@ -275,7 +322,7 @@ class LlamaBackend:
         if request.warmup:
             yield Finish("stop", usage, truncated=prep.truncated)
             return
-        yield from self._decode(prep, request.params, cancel, usage)
+        yield from self._decode(prep, request, cancel, usage)
 
     def _evaluate_prompt(self, tokens: list[int], kind: str, cancel: threading.Event) -> int:
         """Bring the KV cache to `tokens`, reusing its common prefix; returns the tokens reused."""
@@ -307,11 +354,17 @@ class LlamaBackend:
         self._exact_tokens = exact_end - exact_end % EXACT_ROW_GROUP
         return cached
 
-    def _decode(self, prep: _Prepared, params: SamplingParams, cancel: threading.Event, usage: Usage) -> Iterator[Event]:
+    def _decode(self, prep: _Prepared, request: Request, cancel: threading.Event, usage: Usage) -> Iterator[Event]:
         """Sample and evaluate one token at a time until a stop, the limit or a cancel; then Finish."""
         llm = self._llm
+        params = request.params
         gen_start = time.perf_counter()
-        sampler = _make_sampler(params, llm.n_vocab())
+        grammar = self._grammar_sampler(prep.grammar) if prep.grammar is not None else None
+        sampler = _make_sampler(params, llm.n_vocab(), grammar)
+        parser = None
+        if prep.tool_format is not None:
+            parser = ToolCallParser(prep.tool_format, request.tools, buffer_calls=not request.stream)
+        preserved = prep.preserved
         ctx, vocab, sample, is_eog = self._ctx, self._vocab, self._sample, self._is_eog
         stop_ids = prep.stop_ids
         n_ctx = self.n_ctx
@@ -336,7 +389,9 @@ class LlamaBackend:
                     finish = "stop"
                     break
                 n_new += 1
-                piece = self._pieces.get(tok)
+                piece = preserved.get(tok) if preserved else None
+                if piece is None:
+                    piece = self._pieces.get(tok)
                 if piece is None:
                     piece = self._piece(tok)
                 text = decoder.decode(piece)
@@ -349,7 +404,10 @@ class LlamaBackend:
                         if seen_newline and time.perf_counter() > deadline:
                             stop_now, finish = True, "length"
                     if text:
-                        yield TextDelta(text)
+                        if parser is None:
+                            yield TextDelta(text)
+                        else:
+                            yield from parser.feed(text)
                     if stop_now:
                         finish = "stop" if matcher is not None and matcher.stopped else finish
                         break
@@ -363,10 +421,34 @@ class LlamaBackend:
         if matcher is not None and not matcher.stopped:
             tail = matcher.flush(tail)  # text held back as a possible stop's start is output after all
         if tail and finish != "cancelled":
-            yield TextDelta(tail)
+            if parser is None:
+                yield TextDelta(tail)
+            else:
+                yield from parser.feed(tail)
+        if parser is not None and finish != "cancelled":
+            yield from parser.finish()
+            if parser.n_calls and finish == "stop":
+                finish = "tool_calls"
         predicted_ms = (time.perf_counter() - gen_start) * 1000.0
         usage = dataclasses.replace(usage, completion_tokens=n_new, predicted_ms=predicted_ms)
         yield Finish(finish, usage, truncated=prep.truncated)  # type: ignore[arg-type]
+
+    def _grammar_sampler(self, grammar: ToolGrammar) -> Any:
+        """llama.cpp's grammar sampler: lazy (free text until the trigger) or constraining from the first token."""
+        gbnf, root = grammar.gbnf.encode(), b"root"
+        if grammar.lazy and grammar.trigger:
+            tid = self._token_id(grammar.trigger)
+            tokens = (llama_cpp.llama_token * 1)(tid) if tid is not None else (llama_cpp.llama_token * 0)()
+            # Spelled in several tokens: a pattern over the text so far; its group marks where the call starts.
+            patterns = [] if tid is not None else [rf"[\s\S]*?({_ecma_escape(grammar.trigger)})[\s\S]*".encode()]
+            arr = (ctypes.c_char_p * len(patterns))(*patterns)
+            handle = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+                self._vocab, gbnf, root, arr, len(patterns), tokens, len(tokens))
+        else:
+            handle = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf, root)
+        if not handle:
+            raise InvalidRequest("the grammar built for this request did not parse in llama.cpp", param="tools")
+        return handle
 
     def _append(self, tok: int) -> None:
         """Evaluate one sampled token: one llama_decode of a one-token batch."""
@@ -436,9 +518,9 @@ def prompt_slices(n_prompt: int, common: int, exact_tokens: int, step: int,
 
 
 class _Prepared:
-    """A rendered, tokenized prompt and what ends its generation."""
+    """A rendered, tokenized prompt, what ends its generation, and what shapes it (grammar, tool calls)."""
 
-    __slots__ = ("tokens", "stop_strings", "stop_ids", "truncated")
+    __slots__ = ("tokens", "stop_strings", "stop_ids", "truncated", "grammar", "tool_format", "preserved")
 
     def __init__(self, tokens: list[int], stop_strings: tuple[str, ...], stop_ids: frozenset[int],
                  truncated: bool = False) -> None:
@@ -446,6 +528,9 @@ class _Prepared:
         self.stop_strings = stop_strings
         self.stop_ids = stop_ids
         self.truncated = truncated
+        self.grammar: ToolGrammar | None = None
+        self.tool_format: ToolFormat | None = None
+        self.preserved: dict[int, bytes] = {}  # marker tokens printed as text (llama.cpp's preserved tokens)
 
 
 class _StopMatcher:
@@ -523,10 +608,13 @@ def _defuse_half_built(exc: BaseException) -> None:
         tb = tb.tb_next
 
 
-def _make_sampler(params: SamplingParams, n_vocab: int) -> Any:
+def _make_sampler(params: SamplingParams, n_vocab: int, grammar: Any = None) -> Any:
+    """llama.cpp's sampler chain; a grammar goes first, so every later step picks among allowed tokens only."""
     from llama_cpp._internals import LlamaSampler
 
     sampler = LlamaSampler()
+    if grammar is not None:
+        llama_cpp.llama_sampler_chain_add(sampler.sampler, grammar)
     if params.logit_bias:
         sampler.add_logit_bias(n_vocab, {int(k): float(v) for k, v in params.logit_bias.items()})
     if params.repeat_penalty != 1.0 or params.frequency_penalty or params.presence_penalty:
@@ -542,6 +630,11 @@ def _make_sampler(params: SamplingParams, n_vocab: int) -> Any:
     seed = params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
     sampler.add_dist(seed & 0xFFFFFFFF)
     return sampler
+
+
+def _ecma_escape(text: str) -> str:
+    """`text` as a literal in an ECMAScript regex (llama.cpp's std::regex)."""
+    return "".join("\\" + c if c in "\\^$.|?*+()[]{}/" else c for c in text)
 
 
 def _raise_template_error(message: str) -> None:

@@ -89,10 +89,11 @@ class Tool:
 
 @dataclass(frozen=True, slots=True)
 class ToolChoice:
-    """none / auto / required, or one named function (`mode` "function" with `name`)."""
+    """none / auto / required, or one named function (`mode` "function" with `name`); `parallel`: more than one call allowed."""
 
     mode: Literal["none", "auto", "required", "function"] = "auto"
     name: str | None = None
+    parallel: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +122,8 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None
     # llama.vim / llama.vscode: after this many ms of decoding, stop at the next newline.
     t_max_predict_ms: float | None = None
+    # Ollama `options.num_ctx`: this request's context limit, at most the model's (the pool enforces it).
+    num_ctx: int | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,7 @@ class Request:
     suffix: str = ""
     extra: tuple[FimFile, ...] = ()
     warmup: bool = False  # llama.cpp `n_predict: 0`: evaluate the prompt, generate nothing
+    stream: bool = False  # the client reads events as they come (else tool calls are checked whole first)
 
     @property
     def prompt_field(self) -> str:
