@@ -7,10 +7,14 @@ pool keeps that (models/pool.py `Pool.capabilities`).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 from models.catalog import ModelSpec, UpstreamSource
 from models.context_size import declared_n_ctx
+from models.gguf_header import GGUFError, read_metadata
+from models.tool_formats import detect_tool_format
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,4 +35,39 @@ def declared(spec: ModelSpec, *, budget_bytes: int | None = None, n_ctx: int | N
     if family is None and isinstance(spec.source, UpstreamSource):
         family = spec.source.fim_family
     size = declared_n_ctx(spec, budget_bytes, n_ctx)
-    return Capabilities(size, fim=True if family else None, fim_family=family)
+    tool_format = declared_tool_format(spec)
+    return Capabilities(size, fim=True if family else None, fim_family=family,
+                        tools=None if tool_format is None else bool(tool_format),
+                        tool_format=tool_format or None)
+
+
+def declared_tool_format(spec: ModelSpec) -> str | None:
+    """The call syntax of `spec`'s template before loading: a family name, "" (no tools), None (unknown:
+    an upstream decides for itself, or the weights are not on disk yet)."""
+    if isinstance(spec.source, UpstreamSource):
+        return None
+    template = spec.chat_template
+    if template is None:
+        from models.fetch import cached_path
+
+        try:
+            path = cached_path(spec)
+        except Exception:
+            return None
+        if path is None:
+            return None
+        template = _header_template(Path(path), Path(path).stat().st_mtime_ns)
+        if template is None:
+            return None
+    fmt = detect_tool_format(template)
+    return fmt.name if fmt else ""
+
+
+@functools.lru_cache(maxsize=64)
+def _header_template(path: Path, mtime_ns: int) -> str | None:
+    """The GGUF's own chat template, read once per file version ("" when it has none)."""
+    try:
+        value = read_metadata(path, {"tokenizer.chat_template"}).get("tokenizer.chat_template", "")
+    except (GGUFError, OSError):
+        return None
+    return value if isinstance(value, str) else ""

@@ -198,20 +198,23 @@ class LlamaBackend:
             prep = _Prepared(self._tokenize(text, add_bos=add_bos, special=True), self._chat_stops, frozenset())
             prep.tool_format = tool_format
             if tool_format is not None:
-                schema = request.output.schema if request.output.kind == "json_schema" else None
                 prep.grammar = tool_grammar(tool_format, request.tools, request.tool_choice,
-                                            request.tool_choice.parallel, schema)
+                                            request.tool_choice.parallel, request.output.schema)
                 prep.preserved = {tid: m.encode() for m in tool_format.markers
                                   if (tid := self._token_id(m)) is not None}
             elif request.output.kind != "text":
-                schema = request.output.schema if request.output.kind == "json_schema" else None
-                prep.grammar = ToolGrammar(json_output_grammar(schema, "response_format"), lazy=False)
+                prep.grammar = ToolGrammar(json_output_grammar(request.output.schema, "response_format"), lazy=False)
             return prep
         if request.kind == "complete":
             fim = translate_fim_prompt(request.prompt, self.fim, model_id=self.model_id)
             if fim is None:
                 self._refuse_surely_too_long(request.prompt, request)
-                return _Prepared(self._tokenize(request.prompt, add_bos=self._add_bos, special=True), (), frozenset())
+                prep = _Prepared(self._tokenize(request.prompt, add_bos=self._add_bos, special=True), (), frozenset())
+                if request.output.kind != "text":
+                    prep.grammar = ToolGrammar(json_output_grammar(request.output.schema, "format"), lazy=False)
+                return prep
+            if request.output.kind != "text":
+                raise UnsupportedParameter("A JSON answer cannot shape a fill-in-the-middle prompt.", param="format")
             return self._fim_tokens(fim, request.params, trim=False)
         if request.kind == "fim":
             if self.fim is None:
@@ -244,8 +247,7 @@ class LlamaBackend:
             raise InvalidRequest("a chat request needs at least one message", param="messages")
         tools = None
         if tool_format is GENERIC:
-            schema = request.output.schema if request.output.kind == "json_schema" else None
-            instruction = generic_system_prompt(request.tools, request.tool_choice, schema)
+            instruction = generic_system_prompt(request.tools, request.tool_choice, request.output.schema)
             if messages[0].role == "system":
                 messages = (text_message("system", messages[0].text + "\n\n" + instruction), *messages[1:])
             else:

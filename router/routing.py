@@ -13,7 +13,7 @@ from typing import Any
 from classifier import Classifier
 from models.capabilities import Capabilities, declared
 from models.catalog import Catalog, ModelSpec
-from models.errors import FimNotSupported, ModelNotFound
+from models.errors import FimNotSupported, ModelNotFound, UnsupportedParameter
 from models.labels import LABELS, Label
 from models.pool import Pool
 from models.request import Request
@@ -77,11 +77,13 @@ class Router:
         label = decision.label.value
         if requested in AUTO_NAMES:
             spec, why = self.model_for_label(label)
-            return Route(label, decision.confidence, spec.id, decision.reasons + why)
+            spec, tool_why = self._tool_capable(spec, request)
+            return Route(label, decision.confidence, spec.id, decision.reasons + why + tool_why)
         if requested in LABELS:
             spec, why = self.model_for_label(requested)
+            spec, tool_why = self._tool_capable(spec, request)
             forced = [f"model `{requested}` forces label {requested} (classifier said {label})"]
-            return Route(requested, 1.0, spec.id, forced + why)
+            return Route(requested, 1.0, spec.id, forced + why + tool_why)
         reasons = decision.reasons + [f"model `{requested}` named explicitly: no routing"]
         return Route(label, decision.confidence, requested, reasons)
 
@@ -106,6 +108,20 @@ class Router:
             spec = self.catalog.models[0]
             return spec, [f"no model serves {label} or a nearby label; {spec.id} answers"]
         raise ModelNotFound(f"No model is configured for label {label}.", param="model")
+
+    def _tool_capable(self, spec: ModelSpec, request: Request) -> tuple[ModelSpec, list[str]]:
+        """A request that may call tools goes to a model whose template renders them: the label's, else
+        the first catalog model that can (unknown counts as able: an upstream decides for itself)."""
+        if not request.tools or request.tool_choice.mode == "none" or self.capabilities(spec).tools is not False:
+            return spec, []
+        for other in self.catalog.models:
+            if self.capabilities(other).tools:
+                return other, [f"{spec.id} cannot call tools (its template renders none); {other.id} can and answers"]
+        raise UnsupportedParameter(
+            "This request carries `tools`, but no configured model's chat template renders tools. Add one that "
+            "does (Qwen2.5-Coder, Llama 3.1+, Mistral) or set `chat_template` for a model in the catalog.",
+            param="tools",
+        )
 
     def capabilities(self, spec: ModelSpec) -> Capabilities:
         """What `spec` can do as far as known: the pool's word (a loaded model's own), else the catalog's."""

@@ -29,10 +29,12 @@ from models.errors import InvalidRequest, ModelNotFound, RouterError, Unsupporte
 from models.events import Finish, ToolCallDelta, ToolCallStart
 from models.fim import FAMILIES
 from models.labels import LABELS
-from models.request import ImagePart, Message, Part, Request, TextPart, ToolCall, ToolResult, text_message
+from models.request import ImagePart, Message, Part, Request, TextPart, ToolCall, ToolChoice, ToolResult, text_message
+from models.tool_checks import check_tool_request
 from router.dialects.body import openapi_body, parse, read_json, validate
 from router.dialects.dispatch import answer, route_request
 from router.dialects.sampling import MAX_TOKENS_LIMIT, sampling_params, stop_tuple
+from router.dialects.tools import ToolSpec, internal_tools, ollama_format
 from router.errors import OLLAMA, error_body
 from router.routing import AUTO_NAMES, Route
 from router.state import state
@@ -82,8 +84,10 @@ class OllamaOptions(BaseModel):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     seed: int | None = None
     stop: list[str] | str | None = None
+    num_ctx: int | None = Field(
+        None, ge=0, description="This request's context: at most the model's (larger is refused), 0 = the model's."
+    )
     # Accepted: load-time settings decided by the catalog, or knobs at their default.
-    num_ctx: int | None = Field(None, ge=0)
     num_batch: int | None = None
     num_gpu: int | None = None
     main_gpu: int | None = None
@@ -118,6 +122,7 @@ class OllamaOptions(BaseModel):
             temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
             typical_p=self.typical_p, repeat_penalty=self.repeat_penalty, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, seed=self.seed, stop=stop_tuple(self.stop, "options.stop"),
+            num_ctx=self.num_ctx or None,
         )
 
 
@@ -130,7 +135,7 @@ class OllamaCommon(BaseModel):
     stream: bool = True
     options: OllamaOptions | None = None
     keep_alive: str | float | int | None = Field(None, description="Duration or seconds; 0 unloads after answering.")
-    format: str | dict[str, Any] | None = Field(None, description="Only empty (free text) is supported.")
+    format: str | dict[str, Any] | None = Field(None, description="\"json\" or a JSON Schema: the answer is grammar-constrained.")
     think: bool | str | None = Field(None, description="Only false (these models do not think).")
 
     @field_validator("keep_alive")
@@ -141,8 +146,6 @@ class OllamaCommon(BaseModel):
 
     @model_validator(mode="after")
     def _refuse_common(self) -> OllamaCommon:
-        if self.format not in (None, ""):
-            raise UnsupportedParameter("Structured output (`format`) is not supported.", param="format")
         if self.think not in (None, False, "false", ""):
             raise UnsupportedParameter("`think` is not supported by these models.", param="think")
         return self
@@ -177,10 +180,17 @@ class GenerateRequest(OllamaCommon):
     def to_request(self) -> Request:
         """FIM with a suffix; otherwise a completion, which becomes a chat turn once routed (`as_chat`)."""
         system = self.system or ""
+        output = ollama_format(self.format)
         if self.suffix is not None:
+            if output.kind != "text":
+                raise UnsupportedParameter("`format` cannot shape a fill-in-the-middle completion (with `suffix`).",
+                                           param="format")
             return Request("fim", "/api/generate", self.model, self.params(), prefix=self.prompt, suffix=self.suffix,
                            system=system)
-        return Request("complete", "/api/generate", self.model, self.params(), prompt=self.prompt, system=system)
+        request = Request("complete", "/api/generate", self.model, self.params(), prompt=self.prompt, system=system,
+                          output=output)
+        check_tool_request(request, output_param="format")
+        return request
 
 
 def as_chat(request: Request) -> Request:
@@ -209,10 +219,11 @@ class OllamaMessage(BaseModel):
     images: list[str] | None = None
     tool_calls: list[OllamaToolCall] | None = None
     tool_name: str | None = None
+    tool_call_id: str | None = None
 
     def internal(self, i: int) -> Message:
         if self.role == "tool":
-            return Message("tool", (ToolResult("", self.content, name=self.tool_name),))
+            return Message("tool", (ToolResult(self.tool_call_id or "", self.content, name=self.tool_name),))
         parts: list[Part] = [TextPart(self.content)]
         parts += [ImagePart(image) for image in self.images or ()]
         parts += [ToolCall(c.id or f"call_{i}_{j}", c.function.name, c.function.arguments)
@@ -222,19 +233,19 @@ class OllamaMessage(BaseModel):
 
 class OllamaChatRequest(OllamaCommon):
     messages: list[OllamaMessage] = Field(default_factory=list)
-    tools: list[dict[str, Any]] | None = Field(None, description="Not supported (no tool calling).")
-
-    @model_validator(mode="after")
-    def _refuse_chat(self) -> OllamaChatRequest:
-        if self.tools:
-            raise UnsupportedParameter("Tool calling is not supported: `tools` must be empty.", param="tools")
-        return self
+    tools: list[ToolSpec] | None = Field(None, description="Function tools (the OpenAI chat shape).")
 
     def to_request(self) -> Request:
         if self.messages and not any(m.role == "user" for m in self.messages):
             raise InvalidRequest("`messages` must contain at least one user message.", param="messages")
         messages = tuple(m.internal(i) for i, m in enumerate(self.messages))
-        return Request("chat", "/api/chat", self.model, self.params(), messages)
+        tools = internal_tools(self.tools)
+        # Ollama has no tool_choice: tools present means the model may call them.
+        # Ollama sends calls whole, so they are always checked whole first (stream=False for the parser).
+        request = Request("chat", "/api/chat", self.model, self.params(), messages, tools=tools,
+                          tool_choice=ToolChoice("auto" if tools else "none"), output=ollama_format(self.format))
+        check_tool_request(request, output_param="format")
+        return request
 
 
 
@@ -400,9 +411,11 @@ async def show(request: HTTPRequest) -> dict[str, Any]:
     router = state(request).router
     if spec is None:  # auto: whatever the router can reach
         fim = any(fim_capable(request, s) for s in router.catalog.models)
+        tools = any(router.capabilities(s).tools is not False for s in router.catalog.models)
         n_ctx = max((router.capabilities(s).n_ctx for s in router.catalog.models), default=4096)
     else:
         fim = fim_capable(request, spec)
+        tools = router.capabilities(spec).tools is not False
         n_ctx = router.capabilities(spec).n_ctx
     family = family_of(request, spec)
     stops = FAMILIES[family].stops if fim and family in FAMILIES else ()
@@ -416,7 +429,7 @@ async def show(request: HTTPRequest) -> dict[str, Any]:
         "template": template,
         "details": details(family),
         "model_info": {"general.architecture": family, f"{family}.context_length": n_ctx},
-        "capabilities": ["completion", "insert"] if fim else ["completion"],
+        "capabilities": ["completion"] + (["insert"] if fim else []) + (["tools"] if tools else []),
         "modified_at": now_iso(),
     }
 

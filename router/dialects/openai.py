@@ -18,9 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from models.errors import InvalidRequest, ModelNotFound, RouterError, UnsupportedParameter
 from models.events import Finish, ToolCallDelta, ToolCallStart, Usage
 from models.labels import LABELS
+from models.tool_checks import check_tool_request
 from models.request import ImagePart, Message, Part, Request, TextPart, ToolCall, ToolResult
 from router.dialects.body import openapi_body, parse
 from router.dialects.dispatch import answer, route_request
+from router.dialects.tools import (
+    FunctionDefinition, ToolSpec, internal_response_format, internal_tool_choice, internal_tools,
+)
 from router.dialects.sampling import MAX_TOKENS_LIMIT, LlamaCppExtras, logit_bias_map, sampling_params, stop_tuple
 from router.errors import OPENAI, error_body
 from router.state import state
@@ -121,6 +125,9 @@ class ChatMessage(BaseModel):
         if self.content is None and self.role != "assistant":
             raise InvalidRequest(f"`messages[{i}].content` is required for role {self.role}.", param=f"messages[{i}].content")
         if self.role == "tool":
+            if not self.tool_call_id:
+                raise InvalidRequest(f"`messages[{i}].tool_call_id` is required for role tool: it names the call "
+                                     "this result answers.", param=f"messages[{i}].tool_call_id")
             text = "".join(p.text for p in parts if isinstance(p, TextPart))
             return Message("tool", (ToolResult(self.tool_call_id or "", text, name=self.name),))
         calls = tuple(tool_call(c, f"messages[{i}].tool_calls[{j}]") for j, c in enumerate(self.tool_calls or ()))
@@ -165,10 +172,12 @@ class ChatRequest(OpenAISampling):
     max_completion_tokens: int | None = Field(None, ge=-1, le=MAX_TOKENS_LIMIT)
     logprobs: bool | None = Field(None, description="Only false is supported.")
     top_logprobs: int | None = Field(None, description="Not supported.")
-    tools: list[dict[str, Any]] | None = Field(None, description="Not supported (no tool calling).")
-    tool_choice: str | dict[str, Any] | None = Field(None, description="Only `none` is supported.")
+    tools: list[ToolSpec] | None = Field(None, description="Function tools (OpenAI shape).")
+    tool_choice: str | dict[str, Any] | None = Field(None, description="none, auto, required or a named function.")
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = Field(None, description="Only {\"type\": \"text\"}.")
+    functions: list[FunctionDefinition] | None = Field(None, description="Legacy form of `tools`.")
+    function_call: str | dict[str, Any] | None = Field(None, description="Legacy form of `tool_choice`.")
+    response_format: dict[str, Any] | None = Field(None, description="text, json_object or json_schema.")
     metadata: dict[str, str] | None = None
     store: bool | None = Field(None, description="Only false is supported.")
 
@@ -178,12 +187,6 @@ class ChatRequest(OpenAISampling):
             raise UnsupportedParameter("`logprobs` is not supported.", param="logprobs")
         if self.top_logprobs is not None:
             raise UnsupportedParameter("`top_logprobs` is not supported.", param="top_logprobs")
-        if self.tools:
-            raise UnsupportedParameter("Tool calling is not supported: `tools` must be empty.", param="tools")
-        if self.tool_choice not in (None, "none", "auto"):
-            raise UnsupportedParameter("Tool calling is not supported: `tool_choice`.", param="tool_choice")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise UnsupportedParameter("Only response_format {\"type\": \"text\"} is supported.", param="response_format")
         if self.store:
             raise UnsupportedParameter("`store` is not supported.", param="store")
         if self.max_completion_tokens == 0:
@@ -198,7 +201,23 @@ class ChatRequest(OpenAISampling):
             raise InvalidRequest("`messages` must contain at least one user message.", param="messages")
         if messages[-1].role == "system":
             raise InvalidRequest("`messages` must not end with a system message.", param="messages")
-        return Request("chat", "/v1/chat/completions", self.model, self.params(None), messages)
+        specs = self.tools if self.tools is not None else [ToolSpec(function=f) for f in self.functions or ()]
+        tools = internal_tools(specs)
+        choice = self.tool_choice if self.tool_choice is not None else _legacy_choice(self.function_call)
+        request = Request(
+            "chat", "/v1/chat/completions", self.model, self.params(None), messages, tools=tools,
+            tool_choice=internal_tool_choice(choice, self.parallel_tool_calls, tools),
+            output=internal_response_format(self.response_format), stream=self.stream,
+        )
+        check_tool_request(request)
+        return request
+
+
+def _legacy_choice(function_call: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+    """The legacy `function_call` ("none" / "auto" / {"name": N}) as a tool_choice."""
+    if isinstance(function_call, dict) and isinstance(function_call.get("name"), str):
+        return {"type": "function", "function": {"name": function_call["name"]}}
+    return function_call
 
 
 class CompletionRequest(OpenAISampling):
@@ -317,9 +336,16 @@ class OpenAIFormat:
 
 
 def model_entries(request: HTTPRequest) -> list[dict[str, Any]]:
+    """OpenAI model objects, with `capabilities` as Ollama names them (tools where the template renders them)."""
     created = int(state(request).started_at)
-    names = ["auto", *LABELS, *state(request).router.model_ids()]
-    return [{"id": name, "object": "model", "created": created, "owned_by": "router"} for name in names]
+    router = state(request).router
+    entries = [{"id": name, "object": "model", "created": created, "owned_by": "router"} for name in ["auto", *LABELS]]
+    for spec in router.catalog.models:
+        caps = router.capabilities(spec)
+        entries.append({"id": spec.id, "object": "model", "created": created, "owned_by": "router",
+                        "capabilities": ["completion"] + (["insert"] if caps.fim else [])
+                        + (["tools"] if caps.tools is not False else [])})
+    return entries
 
 
 def build() -> APIRouter:
