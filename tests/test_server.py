@@ -187,8 +187,11 @@ def test_openai_unknown_model_is_404_never_a_fallback(oai):
     [
         ({"n": 2}, "n"),
         ({"logprobs": True}, "logprobs"),
+        # No model here renders tools (ChatML templates): refused, naming the field.
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "integer",
+                                                                                          "minimum": 3}}}},
+         "response_format"),
         ({"max_tokens": -5}, "max_tokens"),
         ({"max_tokens": 10**12}, "max_tokens"),
         ({"temperature": "hot"}, "temperature"),
@@ -380,6 +383,25 @@ def test_ollama_errors_are_ollama_shaped(oll, http):
     assert r.status_code == 400 and isinstance(r.json()["error"], str) and "num_predictt" in r.json()["error"]
     r = http.post("/api/generate", json={"model": "auto", "prompt": "hi", "keep_alive": "soon"})
     assert r.status_code == 400 and "keep_alive" in r.json()["error"]
+
+
+def test_ollama_num_ctx_is_honoured_or_refused(oll, http):
+    """The models here run with 2048 tokens: a larger num_ctx is refused, a smaller one is the request's limit."""
+    chat = {"model": "chat", "messages": [{"role": "user", "content": "hello"}], "stream": False}
+    r = http.post("/api/chat", json={**chat, "options": {"num_ctx": 8192}})
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert "options.num_ctx" in error and "2048" in error and "--ctx-size 8192" in error
+    with pytest.raises(ollama.ResponseError) as caught:  # streaming: refused before any line
+        list(oll.chat(model="chat", messages=chat["messages"], stream=True, options={"num_ctx": 8192}))
+    assert caught.value.status_code == 400 and "options.num_ctx" in caught.value.error
+    long = [{"role": "user", "content": "word " * 60}]  # fits 2048, not 64
+    r = http.post("/api/chat", json={**chat, "messages": long, "options": {"num_ctx": 64}})
+    assert r.status_code == 400 and "context of 64" in r.json()["error"]
+    reply = oll.chat(model="chat", messages=chat["messages"], options={"num_ctx": 1024, "num_predict": 3})
+    assert reply.done and reply.eval_count <= 3
+    short = oll.chat(model="chat", messages=chat["messages"], options={"num_ctx": 64, "temperature": 0})
+    assert short.done and short.prompt_eval_count + short.eval_count <= 64
 
 
 def test_ollama_empty_prompt_loads_and_keep_alive_zero_unloads(oll, server):
