@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from models.errors import UnsupportedParameter
-from models.request import ImagePart, Message, TextPart
+from models.request import ImagePart, Message, OutputFormat, TextPart, Tool, ToolChoice
 
 
 def template_messages(messages: Sequence[Message], model_id: str) -> list[dict[str, Any]]:
@@ -71,3 +71,28 @@ def _openai_content(parts: Sequence[object]) -> str | list[dict[str, Any]]:
             out.append({"type": "image_url", "image_url": {"url": p.url}})
     return out
 
+
+
+def openai_tools(tools: Sequence[Tool]) -> list[dict[str, Any]]:
+    """Tools in the OpenAI chat shape, as the client sent them (chat templates read the same shape)."""
+    out = []
+    for t in tools:
+        function: dict[str, Any] = {"name": t.name, "description": t.description, "parameters": t.parameters}
+        if t.strict:
+            function["strict"] = True
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def openai_tool_choice(choice: ToolChoice) -> str | dict[str, Any]:
+    if choice.mode == "function":
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice.mode
+
+
+def openai_response_format(output: OutputFormat) -> dict[str, Any] | None:
+    if output.kind == "json":
+        return {"type": "json_object"}
+    if output.kind == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": "response", "schema": output.schema, "strict": True}}
+    return None

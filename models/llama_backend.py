@@ -28,7 +28,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from models.backend import BackendOptions
 from models.capabilities import Capabilities
 from models.catalog import ModelSpec
-from models.chat_messages import template_messages
+from models.chat_messages import openai_tools, template_messages
 from models.errors import ContextLengthExceeded, FimNotSupported, InvalidRequest, ModelLoadFailed, UnsupportedParameter
 from models.events import Event, Finish, TextDelta, ToolCallStart, Usage
 from models.fim import FimPrompt, FimTokens, Piece, build_fim_prompt, detect_fim, translate_fim_prompt
@@ -38,7 +38,7 @@ from models.prompt_tokenizer import PromptTokenizer
 from models.request import Request, SamplingParams, text_message
 from models.tool_formats import (
     GENERIC, MISTRAL, MISTRAL_ARGS, ToolFormat, ToolGrammar, detect_tool_format, generic_system_prompt, mistral_ids,
-    template_tools, tool_grammar,
+    tool_grammar,
 )
 from models.tool_parser import ToolCallParser
 
@@ -253,7 +253,7 @@ class LlamaBackend:
             else:
                 messages = (text_message("system", instruction), *messages)
         elif tool_format is not None:
-            tools = template_tools(request.tools)
+            tools = openai_tools(request.tools)
         rendered = template_messages(messages, self.model_id)
         if self.tool_format in (MISTRAL, MISTRAL_ARGS):
             rendered = mistral_ids(rendered)

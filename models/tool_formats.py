@@ -19,6 +19,7 @@ from typing import Any
 
 import regex
 
+from models.chat_messages import openai_tools
 from models.grammar import GrammarBuilder, relaxed
 from models.request import Tool, ToolChoice
 
@@ -61,12 +62,6 @@ def detect_tool_format(template: str) -> ToolFormat | None:
     return None
 
 
-def template_tools(tools: Sequence[Tool]) -> list[dict[str, Any]]:
-    """Tools as chat templates read them (the OpenAI chat shape)."""
-    return [{"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
-            for t in tools]
-
-
 def mistral_ids(rendered: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mistral templates raise on ids that are not 9 alphanumerics: map every call id (and its result's) onto one."""
     def short(call_id: str) -> str:
@@ -89,7 +84,7 @@ _ALNUM = string.ascii_letters + string.digits
 
 def generic_system_prompt(tools: Sequence[Tool], choice: ToolChoice, response_schema: dict[str, Any] | None) -> str:
     """llama.cpp's generic handler's instruction, for templates with no tool syntax of their own."""
-    listed = "\n".join(json.dumps(t, ensure_ascii=False) for t in template_tools(tools))
+    listed = "\n".join(json.dumps(t, ensure_ascii=False) for t in openai_tools(tools))
     answer = ("" if choice.mode in ("required", "function") else
               ' or {"response": ' + (json.dumps(response_schema) if response_schema else '"your answer"') + "}")
     return ("You can call these tools:\n" + listed + "\n\nRespond with one JSON object only: "

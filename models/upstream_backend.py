@@ -9,6 +9,7 @@ Finish("error"). FIM goes to llama-server's /infill when the upstream api is
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -21,17 +22,19 @@ import httpx
 from models.backend import BackendOptions
 from models.capabilities import Capabilities
 from models.catalog import ModelSpec, UpstreamSource
-from models.chat_messages import openai_messages
-from models.events import Event, Finish, TextDelta, Usage
+from models.chat_messages import openai_messages, openai_response_format, openai_tool_choice, openai_tools
+from models.events import Event, Finish, TextDelta, ToolCallDelta, ToolCallStart, Usage
 from models.request import Request, SamplingParams
 from models.errors import (
     ContextLengthExceeded,
     FimNotSupported,
     InvalidRequest,
     ModelLoadFailed,
+    UnsupportedParameter,
     UpstreamUnavailable,
 )
 from models.replicas import Replica, ReplicaSet
+from models.tool_parser import new_call_id
 from models.upstream_stream import (
     CANCELLED,
     StreamGuard,
@@ -54,7 +57,8 @@ CHARS_PER_TOKEN = 3.0
 # treat its concurrent FIM requests as one client superseding itself.
 UPSTREAM_USER_AGENT = "prompt-router-upstream/0.1"
 
-_FINISH_REASONS = {"stop": "stop", "length": "length", "eos": "stop", "word": "stop", "limit": "length"}
+_FINISH_REASONS = {"stop": "stop", "length": "length", "eos": "stop", "word": "stop", "limit": "length",
+                   "tool_calls": "tool_calls", "function_call": "tool_calls"}
 
 
 class _ReplicaFailure(Exception):
@@ -87,6 +91,7 @@ class _Progress:
     usage: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, Any] = field(default_factory=dict)
     terminal: bool = False
+    calls: dict[int, int] = field(default_factory=dict)  # the upstream's tool-call index -> ours
 
 
 class UpstreamBackend:
@@ -250,7 +255,17 @@ class UpstreamBackend:
         prompt_tokens = self.count_prompt_tokens(request)
         if request.kind == "chat":
             body = {"messages": openai_messages(request.messages), **self._sampling(params)}
+            if request.tools:  # passed through unchanged: the upstream renders and parses its own calls
+                body["tools"] = openai_tools(request.tools)
+                body["tool_choice"] = openai_tool_choice(request.tool_choice)
+                body["parallel_tool_calls"] = request.tool_choice.parallel
+            response_format = openai_response_format(request.output)
+            if response_format is not None:
+                body["response_format"] = response_format
             return self._openai_call("/v1/chat/completions", "chat", body, request, prompt_tokens)
+        if request.output.kind != "text":
+            raise UnsupportedParameter(f"Model {self.model_id!r} is an upstream: a JSON answer is supported on chat "
+                                       "requests only.", param="format")
         if request.kind == "complete":
             prompt, stops = self._rewrite_fim_tokens(request.prompt)
             body = {"prompt": prompt, **self._sampling(params, extra_stop=stops)}
@@ -405,6 +420,13 @@ class UpstreamBackend:
                 if "error" in chunk and not chunk.get("choices"):
                     raise _ReplicaFailure(f"upstream reported an error mid-stream: {_error_text(chunk)}")
                 text = self._read_chunk(call.dialect, chunk, progress)
+                calls = _tool_call_events(chunk, progress) if call.dialect == "chat" else ()
+                if calls and not call.warmup:
+                    if first_token_at is None:
+                        first_token_at = time.perf_counter()
+                        guard.got_first_token()
+                    progress.yielded_token = True
+                    yield from calls
                 if text and not call.warmup:
                     if first_token_at is None:
                         first_token_at = time.perf_counter()
@@ -577,3 +599,33 @@ def _t_max_predict_cut(text: str, t_max_predict_ms: float | None, first_token_at
     if cut < 0:
         return text, False
     return text[: cut + 1], True
+
+
+def _tool_call_events(chunk: dict[str, Any], progress: _Progress) -> list[Event]:
+    """`delta.tool_calls` of one chunk as our events: one start per call (an id or name repeated in later
+    deltas, as llama-cpp-python's server sends them, starts nothing new), then argument pieces."""
+    choices = chunk.get("choices") or []
+    delta = choices[0].get("delta") if choices and isinstance(choices[0], dict) else None
+    pieces = delta.get("tool_calls") if isinstance(delta, dict) else None
+    if not isinstance(pieces, list):
+        return []
+    out: list[Event] = []
+    for piece in pieces:
+        if not isinstance(piece, dict):
+            continue
+        upstream_index = piece.get("index", 0)
+        function = piece.get("function") if isinstance(piece.get("function"), dict) else {}
+        ours = progress.calls.get(upstream_index)
+        if ours is None:
+            name = function.get("name")
+            if not isinstance(name, str) or not name:
+                continue  # arguments before any name: nothing to attach them to
+            ours = progress.calls[upstream_index] = len(progress.calls)
+            call_id = piece.get("id") if isinstance(piece.get("id"), str) and piece.get("id") else new_call_id()
+            out.append(ToolCallStart(ours, call_id, name))
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            out.append(ToolCallDelta(ours, arguments))
+        elif isinstance(arguments, dict):  # Ollama-style upstreams send the object whole
+            out.append(ToolCallDelta(ours, json.dumps(arguments, ensure_ascii=False)))
+    return out

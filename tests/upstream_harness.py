@@ -29,9 +29,11 @@ def free_port() -> int:
 class LlamaCppServer:
     """`python -m llama_cpp.server` on 127.0.0.1, its access log kept to count requests."""
 
-    def __init__(self, model: Path, log_dir: Path, *, n_ctx: int = 512, port: int | None = None) -> None:
+    def __init__(self, model: Path, log_dir: Path, *, n_ctx: int = 512, port: int | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.model = model
         self.n_ctx = n_ctx
+        self.extra_args = extra_args
         self.port = port or free_port()
         self.log_path = log_dir / f"llama_cpp_server_{self.port}.log"
         self.proc: subprocess.Popen | None = None
@@ -47,6 +49,7 @@ class LlamaCppServer:
         cmd = [
             sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--host", "127.0.0.1",
             "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", "1", "--n_threads_batch", "1",
+            *self.extra_args,
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
