@@ -96,7 +96,8 @@ class _ArgsScanner:
 class JsonCall:
     """`{"name": N, "arguments": {...}}` (or `parameters`, with `id`/`type` fields anywhere Mistral and Llama put them)."""
 
-    def __init__(self, closer: str = "") -> None:
+    def __init__(self, closer: str = "", names: frozenset[str] | None = None) -> None:
+        self.names = names  # where set, only these names make a call (text without a marker proves little)
         self.closer_text = closer
         self.closer = regex.compile(r"\s*" + regex.escape(closer)) if closer else None
         self.phase = "header"
@@ -112,7 +113,11 @@ class JsonCall:
             if m.partial:
                 step.status = FAIL if final else MORE
                 return
-            step.pieces.append(("start", json.loads(f'"{m.group(1)}"')))
+            name = json.loads(f'"{m.group(1)}"')
+            if self.names is not None and name not in self.names:
+                step.status = FAIL
+                return
+            step.pieces.append(("start", name))
             self.pos = m.end()
             if self.scanner.depth == 0:
                 while self.pos < len(text) and text[self.pos] in " \t\r\n":
@@ -387,6 +392,8 @@ class ToolCallParser:
             self._body = MistralCall()
         elif opener == "<|python_tag|>":
             self._body = PythonTagCall()
+        elif opener in ("", "```json"):  # no call marker: only a declared tool's name makes it a call
+            self._body = JsonCall(JSON_WRAPPERS.get(opener, ""), frozenset(t.name for t in self.tools))
         else:
             self._body = JsonCall(JSON_WRAPPERS.get(opener, ""))
         self._advance(out, final)

@@ -92,6 +92,8 @@ MALFORMED = [
     ("hermes", '<tool_call>\n{"name": "get_weather", "args": {"city": "Oslo"}}\n</tool_call>'),  # wrong key
     ("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Os'),  # cut off by max_tokens
     ("hermes", '{"answer": 42, "note": "not a call"}'),
+    # Bare JSON naming no declared tool (Qwen 0.5B under opencode): without a marker it is text.
+    ("hermes", '{"name": "create hello.py", "arguments": {"content": "print(1)"}}'),
     ("hermes", "Use the <tool_call> tag to call tools, like this: <tool_call>get_weather</tool_call>."),
     ("qwen3_coder", "<tool_call>\n<function=get_weather>\n<parameter=city>\nOslo\n"),  # never closed
     ("qwen3_coder", "<tool_call>\nget_weather(city='Oslo')\n</tool_call>"),
