@@ -144,7 +144,10 @@ class ModelSpec(_Strict):
     id: str
     labels: list[Label] = Field(default_factory=list)
     source: Source
-    n_ctx: int = Field(4096, gt=0)
+    n_ctx: int | None = Field(
+        None, gt=0,
+        description="Context tokens; unset: the GGUF's trained context, capped so its KV cache fits the memory budget.",
+    )
     n_gpu_layers: int = Field(0, ge=-1, description="-1 offloads every layer.")
     chat_template: str | None = Field(None, description="Jinja chat template overriding the GGUF's own.")
     fim_family: str | None = Field(None, description="FIM family overriding detection from the vocabulary.")
@@ -339,7 +342,7 @@ def _id_from_filename(path: Path, taken: set[str]) -> str:
     return candidate
 
 
-def catalog_from_files(files: Mapping[str, str | os.PathLike[str]], *, n_ctx: int = 4096) -> Catalog:
+def catalog_from_files(files: Mapping[str, str | os.PathLike[str]], *, n_ctx: int | None = None) -> Catalog:
     """A catalog for `route serve --model LABEL=PATH.gguf`: one model per distinct file, serving
     every label mapped to it, id from the file name. Existence is checked by the pool at load."""
     by_path: dict[Path, list[str]] = {}
@@ -353,7 +356,10 @@ def catalog_from_files(files: Mapping[str, str | os.PathLike[str]], *, n_ctx: in
     for path, labels in by_path.items():
         model_id = _id_from_filename(path, taken)
         taken.add(model_id)
-        models.append({"id": model_id, "labels": labels, "n_ctx": n_ctx, "source": {"kind": "local", "path": str(path)}})
+        model: dict[str, Any] = {"id": model_id, "labels": labels, "source": {"kind": "local", "path": str(path)}}
+        if n_ctx is not None:
+            model["n_ctx"] = n_ctx
+        models.append(model)
     return catalog_from_data({"models": models}, origin="--model files")
 
 

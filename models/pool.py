@@ -34,6 +34,7 @@ from typing import Any
 from models.backend import Backend, BackendOptions
 from models.capabilities import Capabilities, declared
 from models.catalog import Catalog, ModelSpec, UpstreamSource
+from models.context_size import resolve_n_ctx
 from models.events import Event, Finish, TextDelta
 from models.fim import holds_fim_tokens
 from models.request import Request
@@ -44,6 +45,7 @@ from models.errors import (
     ModelNotFound,
     Overloaded,
     RouterError,
+    UnsupportedParameter,
 )
 
 LOAD_WAIT_S = 120.0
@@ -221,7 +223,7 @@ class Generation:
 class _Entry:
     """The pool's bookkeeping for one catalog model (guarded by the pool's lock)."""
 
-    def __init__(self, spec: ModelSpec, lock: threading.Lock) -> None:
+    def __init__(self, spec: ModelSpec, lock: threading.Lock, capabilities: Capabilities) -> None:
         self.spec = spec
         self.state = "unloaded"  # unloaded | loading | loaded
         self.backend: Backend | None = None
@@ -237,7 +239,7 @@ class _Entry:
         self.load_error: str | None = None
         self.load_done: threading.Event = threading.Event()
         self.load_exc: RouterError | None = None
-        self.capabilities = declared(spec)
+        self.capabilities = capabilities
         self.avg_s = 1.0  # recent seconds per request, for Retry-After
 
     @property
@@ -275,6 +277,7 @@ class Pool:
         idle_ttl_s: float = 0.0,
         queue_size: int = 16,
         load_wait_s: float = LOAD_WAIT_S,
+        n_ctx: int | None = None,
     ) -> None:
         self.catalog = catalog
         self._resolve = resolve or _default_resolve
@@ -284,6 +287,7 @@ class Pool:
         self.idle_ttl_s = float(idle_ttl_s)
         self.queue_size = int(queue_size)
         self.load_wait_s = float(load_wait_s)
+        self.n_ctx = n_ctx  # `--ctx-size`: every local model's context (None: models/context_size.py decides)
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)  # memory freed / a model went idle
         self._tick = threading.Condition(self._lock)  # wakes the idle reaper
@@ -369,7 +373,7 @@ class Pool:
                         size_bytes=size,
                         last_used=e.last_used_wall if e else None,
                         pinned=e.pinned if e else False,
-                        capabilities=e.capabilities if e else declared(spec),
+                        capabilities=(e or self._entry(spec.id)).capabilities,
                         load_error=e.load_error if e else None,
                         loading=e is not None and e.state == "loading",
                     )
@@ -440,7 +444,8 @@ class Pool:
             if spec is None:
                 known = ", ".join(s.id for s in self.catalog.models) or "(none)"
                 raise ModelNotFound(f"The model {model_id!r} is not in the catalog. Known: {known}.", param="model")
-            entry = self._entries[model_id] = _Entry(spec, self._lock)
+            caps = declared(spec, budget_bytes=self.memory_budget_bytes, n_ctx=self.n_ctx)
+            entry = self._entries[model_id] = _Entry(spec, self._lock, caps)
         return entry
 
     def _start_load(self, entry: _Entry) -> None:
@@ -457,6 +462,9 @@ class Pool:
         try:
             upstream = isinstance(spec.source, UpstreamSource)
             weights = None if upstream else self._resolve(spec)
+            # The backend gets the context resolved here, so the estimate and the load agree.
+            n_ctx = resolve_n_ctx(spec, weights, self.memory_budget_bytes, self.n_ctx)
+            spec = spec.model_copy(update={"n_ctx": n_ctx})
             need = 0 if upstream else self._estimate(spec, weights)
             with self._lock:
                 self._reserve(entry, need)
@@ -613,15 +621,22 @@ class Pool:
         request = gen.request
         started = False
         try:
+            n_ctx = self._request_n_ctx(backend, gen)
             n_prompt = backend.count_prompt_tokens(request)
-            if n_prompt + (0 if request.warmup else 1) > backend.n_ctx:
+            if n_prompt + (0 if request.warmup else 1) > n_ctx:
+                whose = f"model {gen.model_id!r} has" if n_ctx == backend.n_ctx else "the request's num_ctx gives"
                 raise ContextLengthExceeded(
-                    f"The prompt is {n_prompt} tokens, but model {gen.model_id!r} has a context of {backend.n_ctx} "
+                    f"The prompt is {n_prompt} tokens, but {whose} a context of {n_ctx} "
                     "tokens (room is needed for at least one new token). Shorten the prompt.",
                     param=request.prompt_field,
                     prompt_tokens=n_prompt,
-                    n_ctx=backend.n_ctx,
+                    n_ctx=n_ctx,
                 )
+            room = n_ctx - n_prompt
+            params = request.params
+            if n_ctx < backend.n_ctx and not request.warmup and (params.max_tokens is None or params.max_tokens > room):
+                # A smaller per-request context ends the generation where that context is full.
+                request = dataclasses.replace(request, params=dataclasses.replace(params, max_tokens=room))
             for ev in backend.generate(request, gen.cancel_event):
                 if isinstance(ev, Finish):
                     if gen._load_ms:
@@ -645,6 +660,23 @@ class Pool:
             done = Finish("error", error=f"{type(exc).__name__}: {exc}")
         gen._put(done)
         return done
+
+    def _request_n_ctx(self, backend: Backend, gen: Generation) -> int:
+        """The request's context: the model's, or a smaller one it asks for (Ollama `options.num_ctx`)."""
+        asked = gen.request.params.num_ctx
+        if not asked:
+            return backend.n_ctx
+        if asked > backend.n_ctx:
+            spec = self.catalog.get(gen.model_id)
+            how = ("raise its n_ctx in the catalog (and its server's context)"
+                   if spec is not None and isinstance(spec.source, UpstreamSource)
+                   else f"start the router with a larger context: `route serve --ctx-size {asked}`")
+            raise UnsupportedParameter(
+                f"`options.num_ctx` {asked} is larger than the context model {gen.model_id!r} runs with "
+                f"({backend.n_ctx} tokens). Send num_ctx {backend.n_ctx} or less, or {how}.",
+                param="options.num_ctx",
+            )
+        return asked
 
     def _cancel(self, gen: Generation) -> None:
         with self._lock:

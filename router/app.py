@@ -70,6 +70,7 @@ def build_pool(settings: Settings, catalog: Catalog) -> Pool:
         memory_budget_bytes=settings.memory_budget_bytes,
         idle_ttl_s=settings.idle_ttl_s,
         queue_size=settings.queue_size,
+        n_ctx=settings.n_ctx,
     )
 
 

@@ -473,6 +473,9 @@ def ask(
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed, for repeatable answers."),
     profile: Optional[str] = typer.Option(None, "--profile", help="In-process: a built-in model profile (starter, laptop)."),
     catalog: Optional[Path] = typer.Option(None, "--catalog", help="In-process: a YAML model catalog."),
+    ctx_size: Optional[int] = typer.Option(
+        None, "--ctx-size", "-c", min=1, help="In-process: context tokens of every local model (ROUTE_N_CTX)."
+    ),
 ) -> None:
     console = stderr_console()
     text = compose_prompt(prompt, read_piped_stdin())
@@ -482,7 +485,7 @@ def ask(
         raise typer.BadParameter("must be auto, a label or a model id, not empty.", param_hint="--model")
     if server and local:
         raise typer.BadParameter("--server and --local contradict each other; pick one.", param_hint="--local")
-    settings = load_settings(server_url=server, profile=profile, catalog=catalog)
+    settings = load_settings(server_url=server, profile=profile, catalog=catalog, n_ctx=ctx_size)
     sampling = sampling_fields(max_tokens, temperature, seed)
 
     def on_decision(answer: Answer) -> None:
@@ -567,12 +570,17 @@ def serve(
     host: Optional[str] = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1)."),
     port: Optional[int] = typer.Option(None, "--port", "-p", help="Port (default 8012, the llama.vim default)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="Require `Authorization: Bearer KEY`."),
+    ctx_size: Optional[int] = typer.Option(
+        None, "--ctx-size", "-c", min=1,
+        help="Context tokens of every local model (ROUTE_N_CTX; default: each model's trained context, "
+        "capped so its KV cache fits the memory budget).",
+    ),
 ) -> None:
     files = parse_model_files(model)
     if config is not None and not config.is_file():
         raise typer.BadParameter(f"no such file: {config}", param_hint="--config")
     settings = load_settings(
-        host=host, port=port, api_key=api_key, catalog=config, profile=profile, models=files or None
+        host=host, port=port, api_key=api_key, catalog=config, profile=profile, models=files or None, n_ctx=ctx_size
     )
     import uvicorn
 

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     memory_budget_bytes: int = Field(
         default_factory=default_memory_budget, gt=0, description="Bytes of model weights the pool may keep loaded."
     )
+    n_ctx: int | None = Field(
+        None, gt=0,
+        description="Context tokens of every local model (--ctx-size); unset: the catalog's n_ctx, else the "
+        "model's trained context, capped so its KV cache fits memory_budget_bytes.",
+    )
     idle_ttl_s: float = Field(900.0, ge=0, description="Unload a model idle this long (0: never).")
     queue_size: int = Field(16, ge=1, description="Requests waiting per model before 503 + Retry-After.")
     n_threads: int = Field(

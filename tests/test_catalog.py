@@ -59,7 +59,7 @@ def test_a_valid_catalog_loads_with_defaults_and_label_lookup(tmp_path):
     assert catalog.ids() == ["coder", "chatty"]
     coder = catalog.get("coder")
     assert isinstance(coder.source, HFSource)
-    assert (coder.n_ctx, coder.n_gpu_layers, coder.chat_template, coder.fim_family) == (4096, 0, None, None)
+    assert (coder.n_ctx, coder.n_gpu_layers, coder.chat_template, coder.fim_family) == (None, 0, None, None)
     assert catalog.for_label("fim").id == "coder"
     assert catalog.for_label("chat").id == "chatty"
     assert isinstance(catalog.get("chatty").source, UpstreamSource)
@@ -279,6 +279,12 @@ def test_catalog_from_files_groups_labels_per_file(tmp_path):
     second = catalog.for_label("chat")
     assert second.id == "chat-gguf"  # a label is not a valid id: renamed, not refused
     assert catalog.for_label("instruct") is None
+
+
+def test_catalog_from_files_leaves_the_context_to_the_model_unless_given(tmp_path):
+    path = tmp_path / "m.gguf"
+    assert catalog_from_files({"chat": path}).models[0].n_ctx is None  # the trained context, budget-capped
+    assert catalog_from_files({"chat": path}, n_ctx=2048).models[0].n_ctx == 2048
 
 
 def test_catalog_from_files_refuses_unknown_labels(tmp_path):

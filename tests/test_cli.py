@@ -125,6 +125,15 @@ def test_forced_label_and_forced_model_id(tiny_models):
     assert by_id["model"] == model_id
 
 
+def test_ctx_size_flag_and_setting_set_the_models_context(tiny_models, monkeypatch):
+    prompt = "word " * 40  # about 370 tokens with the chat template: fits the tiny model's trained 512, not 256
+    assert run(prompt, "--local", "--json", "--max-tokens", "1").exit_code == 0
+    assert_clean_error(run(prompt, "--local", "--ctx-size", "256", "--max-tokens", "1"), "context of 256")
+    monkeypatch.setenv("ROUTE_N_CTX", "256")
+    assert_clean_error(run(prompt, "--local", "--max-tokens", "1"), "context of 256")
+    assert run(prompt, "--local", "-c", "512", "--json", "--max-tokens", "1").exit_code == 0  # the flag beats env
+
+
 def test_catalog_flag_picks_the_models(tmp_path, tiny_gguf):
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text(

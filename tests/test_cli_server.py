@@ -125,7 +125,7 @@ def test_route_serve_runs_a_real_server(tiny_gguf, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTE_")}
     env.update(ROUTE_CONFIG_FILE=str(tmp_path / "none.yaml"), ROUTE_N_THREADS="1", ROUTE_N_THREADS_BATCH="1")
     command = [sys.executable, "-m", "router.cli", "serve", "--model", f"code_edit={tiny_gguf}",
-               "--model", f"fim={tiny_gguf}", "--port", str(port)]
+               "--model", f"fim={tiny_gguf}", "--port", str(port), "--ctx-size", "1024"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -141,6 +141,7 @@ def test_route_serve_runs_a_real_server(tiny_gguf, tmp_path):
             time.sleep(0.2)
         ids = {m["id"] for m in httpx.get(url + "/v1/models", timeout=5).json()["data"]}
         assert {"auto", "code_edit", "fim", "tiny-qwen"} <= ids
+        assert httpx.get(url + "/props", timeout=5).json()["default_generation_settings"]["n_ctx"] == 1024
     finally:
         process.send_signal(signal.SIGINT)
         try:
