@@ -40,3 +40,22 @@ def qwen_gguf() -> Path:
         return resolve_weights(spec, download=False, progress=False)
     except WeightsUnavailable as exc:
         pytest.skip(f"real Qwen2.5-Coder-0.5B-Instruct weights not available: {exc.message}")
+
+
+@pytest.fixture(scope="module")
+def qwen_server(qwen_gguf, tiny_gguf_nofim, tmp_path_factory):
+    """Qwen answers code_edit and fim; the tiny model (ChatML, no tools) stands in for chat/instruct."""
+    from server_harness import isolated_env, live_server
+
+    from models.catalog import catalog_from_files
+    from router.app import create_app
+    from router.settings import Settings
+
+    tmp = tmp_path_factory.mktemp("qwen-server")
+    with isolated_env(tmp):
+        catalog = catalog_from_files(
+            {"code_edit": qwen_gguf, "fim": qwen_gguf, "chat": tiny_gguf_nofim, "instruct": tiny_gguf_nofim}, n_ctx=4096
+        )
+        app = create_app(Settings(idle_ttl_s=0), catalog=catalog)
+        with live_server(app) as srv:
+            yield srv

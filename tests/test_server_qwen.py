@@ -17,28 +17,9 @@ import ollama
 import openai
 import pytest
 
-from server_harness import isolated_env, live_server
-
-from models.catalog import catalog_from_files
-from router.app import create_app
-from router.settings import Settings
-
 pytestmark = pytest.mark.qwen
 
 FIM_PROBLEMS = Path("/work/shared/data/fim/HumanEval-SingleLineInfilling.jsonl.gz")
-
-
-@pytest.fixture(scope="module")
-def qwen_server(qwen_gguf, tiny_gguf_nofim, tmp_path_factory):
-    """Qwen answers code_edit and fim; the tiny model stands in for chat/instruct (never asked here)."""
-    tmp = tmp_path_factory.mktemp("qwen-server")
-    with isolated_env(tmp):
-        catalog = catalog_from_files(
-            {"code_edit": qwen_gguf, "fim": qwen_gguf, "chat": tiny_gguf_nofim, "instruct": tiny_gguf_nofim}, n_ctx=4096
-        )
-        app = create_app(Settings(idle_ttl_s=0), catalog=catalog)
-        with live_server(app) as srv:
-            yield srv
 
 
 def passes(program: str) -> bool:

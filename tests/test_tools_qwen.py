@@ -16,11 +16,6 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from server_harness import isolated_env, live_server
-
-from models.catalog import catalog_from_files
-from router.app import create_app
-from router.settings import Settings
 
 pytestmark = [pytest.mark.qwen, pytest.mark.timeout(600)]
 
@@ -38,16 +33,9 @@ PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"
           "required": ["name", "age"], "additionalProperties": False}
 
 
-@pytest.fixture(scope="module")
-def server(qwen_gguf, tiny_gguf_nofim, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("qwen-tools")
-    with isolated_env(tmp):
-        catalog = catalog_from_files(
-            {"code_edit": qwen_gguf, "fim": qwen_gguf, "chat": tiny_gguf_nofim, "instruct": tiny_gguf_nofim}, n_ctx=4096
-        )
-        app = create_app(Settings(idle_ttl_s=0), catalog=catalog)
-        with live_server(app) as srv:
-            yield srv
+@pytest.fixture()
+def server(qwen_server):
+    return qwen_server
 
 
 @pytest.fixture()
