@@ -91,7 +91,7 @@ class _Progress:
     usage: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, Any] = field(default_factory=dict)
     terminal: bool = False
-    calls: dict[int, int] = field(default_factory=dict)  # the upstream's tool-call index -> ours
+    calls: _UpstreamCalls = field(default_factory=lambda: _UpstreamCalls())
 
 
 class UpstreamBackend:
@@ -420,13 +420,7 @@ class UpstreamBackend:
                 if "error" in chunk and not chunk.get("choices"):
                     raise _ReplicaFailure(f"upstream reported an error mid-stream: {_error_text(chunk)}")
                 text = self._read_chunk(call.dialect, chunk, progress)
-                calls = _tool_call_events(chunk, progress) if call.dialect == "chat" else ()
-                if calls and not call.warmup:
-                    if first_token_at is None:
-                        first_token_at = time.perf_counter()
-                        guard.got_first_token()
-                    progress.yielded_token = True
-                    yield from calls
+                calls = progress.calls.feed(_chat_delta(chunk)) if call.dialect == "chat" else []
                 if text and not call.warmup:
                     if first_token_at is None:
                         first_token_at = time.perf_counter()
@@ -439,6 +433,14 @@ class UpstreamBackend:
                         progress.finish_reason = "stop"
                         progress.terminal = True
                         break
+                if calls and not call.warmup:  # after the chunk's text: a preamble comes before its call
+                    if first_token_at is None:
+                        first_token_at = time.perf_counter()
+                        guard.got_first_token()
+                    if not text:
+                        progress.completion_tokens += 1
+                    progress.yielded_token = True
+                    yield from calls
                 if call.dialect == "infill" and progress.terminal:
                     break
         except httpx.HTTPError as exc:
@@ -454,7 +456,11 @@ class UpstreamBackend:
         if first_token_at is not None:
             progress.timings.setdefault("prompt_ms", (first_token_at - started) * 1000)
             progress.timings.setdefault("predicted_ms", (ended - first_token_at) * 1000)
-        yield self._done(progress.finish_reason or "stop", call, progress)
+        reason = progress.finish_reason or "stop"
+        if reason == "stop" and progress.calls.count:
+            # vLLM ends a named tool_choice with "stop": a message that holds calls ended for them
+            reason = "tool_calls"
+        yield self._done(reason, call, progress)
 
     @staticmethod
     def _lines(response: httpx.Response, guard: StreamGuard) -> Iterator[str]:
@@ -601,31 +607,82 @@ def _t_max_predict_cut(text: str, t_max_predict_ms: float | None, first_token_at
     return text[: cut + 1], True
 
 
-def _tool_call_events(chunk: dict[str, Any], progress: _Progress) -> list[Event]:
-    """`delta.tool_calls` of one chunk as our events: one start per call (an id or name repeated in later
-    deltas, as llama-cpp-python's server sends them, starts nothing new), then argument pieces."""
+def _chat_delta(chunk: dict[str, Any]) -> dict[str, Any]:
     choices = chunk.get("choices") or []
     delta = choices[0].get("delta") if choices and isinstance(choices[0], dict) else None
-    pieces = delta.get("tool_calls") if isinstance(delta, dict) else None
-    if not isinstance(pieces, list):
-        return []
-    out: list[Event] = []
-    for piece in pieces:
-        if not isinstance(piece, dict):
-            continue
-        upstream_index = piece.get("index", 0)
+    return delta if isinstance(delta, dict) else {}
+
+
+class _UpstreamCalls:
+    """An upstream's streamed `delta.tool_calls` as our call events.
+
+    Calls are numbered 0..n-1 in the order the upstream first names them, whatever its own indexes
+    are. Each gets one ToolCallStart: llama-cpp-python's server repeats the id and the name in every
+    delta, and a client concatenates name strings, so a repeat must start nothing. Pieces that come
+    before a call's name (an id alone, early arguments) wait for it. Upstreams without `index`
+    (Ollama before 0.5) are keyed by the call's id; legacy `delta.function_call` is call 0.
+    """
+
+    def __init__(self) -> None:
+        self._ours: dict[object, int] = {}  # the upstream's key for a call -> our index
+        self._waiting: dict[object, tuple[str | None, list[str]]] = {}  # no name yet: (id, argument pieces)
+        self._last_key: object = None
+        self._saw_tool_calls = False
+
+    @property
+    def count(self) -> int:
+        return len(self._ours)
+
+    def feed(self, delta: dict[str, Any]) -> list[Event]:
+        pieces = delta.get("tool_calls")
+        if isinstance(pieces, list):
+            self._saw_tool_calls = True
+        elif isinstance(delta.get("function_call"), dict) and not self._saw_tool_calls:
+            pieces = [{"index": 0, "function": delta["function_call"]}]
+        else:
+            return []
+        out: list[Event] = []
+        for piece in pieces:
+            if isinstance(piece, dict):
+                self._feed_piece(piece, out)
+        return out
+
+    def _feed_piece(self, piece: dict[str, Any], out: list[Event]) -> None:
+        index, call_id = piece.get("index"), piece.get("id")
+        call_id = call_id if isinstance(call_id, str) and call_id else None
+        if isinstance(index, int) and not isinstance(index, bool):
+            key: object = index
+        elif call_id is not None:
+            key = ("id", call_id)
+        else:
+            key = self._last_key if self._last_key is not None else 0
+        self._last_key = key
         function = piece.get("function") if isinstance(piece.get("function"), dict) else {}
-        ours = progress.calls.get(upstream_index)
-        if ours is None:
-            name = function.get("name")
-            if not isinstance(name, str) or not name:
-                continue  # arguments before any name: nothing to attach them to
-            ours = progress.calls[upstream_index] = len(progress.calls)
-            call_id = piece.get("id") if isinstance(piece.get("id"), str) and piece.get("id") else new_call_id()
-            out.append(ToolCallStart(ours, call_id, name))
-        arguments = function.get("arguments")
-        if isinstance(arguments, str) and arguments:
-            out.append(ToolCallDelta(ours, arguments))
-        elif isinstance(arguments, dict):  # Ollama-style upstreams send the object whole
-            out.append(ToolCallDelta(ours, json.dumps(arguments, ensure_ascii=False)))
-    return out
+        arguments = _arguments_text(function.get("arguments"))
+        ours = self._ours.get(key)
+        if ours is not None:
+            if arguments:
+                out.append(ToolCallDelta(ours, arguments))
+            return
+        waiting_id, waiting_args = self._waiting.get(key, (None, []))
+        waiting_id = waiting_id or call_id
+        if arguments:
+            waiting_args.append(arguments)
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            self._waiting[key] = (waiting_id, waiting_args)
+            return
+        self._waiting.pop(key, None)
+        ours = self._ours[key] = len(self._ours)
+        out.append(ToolCallStart(ours, waiting_id or new_call_id(), name))
+        if waiting_args:
+            out.append(ToolCallDelta(ours, "".join(waiting_args)))
+
+
+def _arguments_text(arguments: Any) -> str:
+    """A call's arguments piece as JSON text; Ollama-style upstreams send the object whole."""
+    if isinstance(arguments, str):
+        return arguments
+    if isinstance(arguments, dict):
+        return json.dumps(arguments, ensure_ascii=False)
+    return ""

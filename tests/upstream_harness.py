@@ -1,5 +1,6 @@
 """Real upstream servers on loopback for the upstream tests: llama-cpp-python's own server
-processes, and two tiny socket servers that misbehave on purpose (never answer / stall)."""
+processes, tiny socket servers that misbehave on purpose (never answer / stall), and one that
+replays an SSE stream written in another server's shape and keeps the bodies it was sent."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import json
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 
@@ -177,3 +182,58 @@ class UnreachableServer:
         for filler in self._fillers:
             filler.close()
         self._sock.close()
+
+
+class ScriptedUpstream:
+    """An OpenAI-compatible server on loopback that answers every POST with `stream`: the chunks
+    (dicts, as another server would send them) as SSE `data:` lines, then `data: [DONE]`.
+
+    Each POST's JSON body is kept in `bodies`. GETs (health checks, /v1/models) answer 200.
+    """
+
+    def __init__(self) -> None:
+        self.stream: list[dict[str, Any]] = []
+        self.bodies: list[dict[str, Any]] = []
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                body = b'{"object":"list","data":[{"id":"scripted","object":"model"}]}'
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                upstream.bodies.append(json.loads(self.rfile.read(length)))
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("connection", "close")
+                self.end_headers()
+                for chunk in upstream.stream:
+                    self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                    self.wfile.flush()
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+                self.close_connection = True
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
