@@ -1,7 +1,8 @@
 """Every failure becomes one RouterError, rendered once per dialect (chosen by the path prefix).
 
-OpenAI: {"error": {"message", "type", "param", "code"}}; Ollama: {"error": "..."};
-llama.cpp: {"error": {"code", "message", "type"}}. Nothing ever leaves as a bare traceback.
+OpenAI (chat, completions, Responses): {"error": {"message", "type", "param", "code"}}; Ollama:
+{"error": "..."}; llama.cpp: {"error": {"code", "message", "type"}}; Anthropic: {"type": "error",
+"error": {"type", "message"}}. Nothing ever leaves as a bare traceback.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from models.errors import InvalidRequest, Overloaded, RouterError
 
 log = logging.getLogger("router.errors")
 
-OPENAI, OLLAMA, LLAMACPP = "openai", "ollama", "llamacpp"
+OPENAI, OLLAMA, LLAMACPP, ANTHROPIC = "openai", "ollama", "llamacpp", "anthropic"
+
+# Anthropic names its error types by HTTP status (anthropic-sdk-python shared/error_type).
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+    413: "request_too_large", 429: "rate_limit_error", 499: "api_error", 500: "api_error", 501: "invalid_request_error",
+    502: "api_error", 503: "overloaded_error", 504: "timeout_error",
+}
 
 
 class EndpointNotFound(RouterError):
@@ -54,7 +62,9 @@ class InternalError(RouterError):
 
 
 def dialect_for_path(path: str) -> str:
-    """Which dialect a path speaks: /api/* and / are Ollama, /v1/* OpenAI, the rest llama.cpp."""
+    """Which dialect a path speaks: /api/* and / are Ollama, /v1/messages Anthropic, /v1/* OpenAI, the rest llama.cpp."""
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return ANTHROPIC
     if path == "/" or path.startswith("/api/"):
         return OLLAMA
     if path.startswith("/v1/"):
@@ -68,12 +78,18 @@ def error_body(dialect: str, err: RouterError) -> dict[str, Any]:
         return {"error": err.message}
     if dialect == OPENAI:
         return {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+    if dialect == ANTHROPIC:
+        return {"type": "error", "error": {"type": ANTHROPIC_TYPES.get(err.status, "api_error"), "message": err.message}}
     return {"error": {"code": err.status, "message": err.message, "type": err.type}}
 
 
 def error_headers(err: RouterError) -> dict[str, str]:
+    """Retry hints: when to come back from a full queue; never retry a 501 (the openai and anthropic
+    SDKs otherwise retry every 5xx, three times)."""
     if isinstance(err, Overloaded):
         return {"Retry-After": str(max(1, int(round(err.retry_after))))}
+    if err.status == 501:
+        return {"x-should-retry": "false"}
     return {}
 
 

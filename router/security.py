@@ -48,8 +48,23 @@ def check_bind(settings: Settings) -> None:
         )
 
 
+def presented_keys(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """The keys a request presents: a Bearer token and/or an x-api-key value."""
+    keys = []
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            # The auth scheme is case-insensitive (RFC 9110 section 11.1); the key itself is not.
+            if scheme.lower() == b"bearer":
+                keys.append(token.strip())
+        elif name == b"x-api-key":
+            keys.append(value.strip())
+    return keys
+
+
 class ApiKeyMiddleware:
-    """Every request must carry `Authorization: Bearer <key>` when a key is configured."""
+    """Every request must carry the key when one is configured: `Authorization: Bearer <key>`, or
+    `x-api-key: <key>` as the Anthropic SDK sends it."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
@@ -59,15 +74,8 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or scope["method"] == "OPTIONS" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        presented = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                presented = value
-                break
-        scheme, _, token = presented.partition(b" ")
-        # The auth scheme is case-insensitive (RFC 9110 section 11.1); the key itself is not.
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.expected):
-            err = Unauthorized("Missing or wrong API key: send `Authorization: Bearer <key>`.")
+        if not any(hmac.compare_digest(key, self.expected) for key in presented_keys(scope["headers"])):
+            err = Unauthorized("Missing or wrong API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`).")
             await error_response(dialect_for_path(scope["path"]), err, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -121,6 +129,6 @@ def install_security(app: FastAPI, settings: Settings) -> None:
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type"],
+            allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version", "anthropic-beta"],
             expose_headers=["x-route-label", "x-route-model", "x-route-confidence", "Retry-After"],
         )

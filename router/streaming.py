@@ -4,6 +4,12 @@ Handlers of every dialect hand over a Generation and a small ChunkFormat; this m
 the first event BEFORE sending headers (so load failures, context overflow and full queues keep
 their status codes), watches for the client going away (which cancels the generation), and renders
 a mid-stream failure as the dialect's error event. Per-token work is one json.dumps of the text.
+
+Agents give up on a silent connection (Codex after 300 s without an event, opencode without
+headers), while a 20k-token agent prompt takes minutes to evaluate on a laptop CPU. So a stream
+whose format can keep a connection alive sends its headers once the first event is EARLY_HEADERS_S
+late, then a keep-alive every KEEPALIVE_S until the first event; a failure after that point arrives
+as the dialect's error event instead of a status code.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ log = logging.getLogger("router.streaming")
 
 SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"
+
+EARLY_HEADERS_S = 5.0
+KEEPALIVE_S = 10.0
 
 
 class GenerationFailed(RouterError):
@@ -76,6 +85,11 @@ class ChunkFormat(Protocol):
 
     def head(self) -> bytes:
         """Bytes sent before the first event (OpenAI chat: the role delta); may be empty."""
+        ...
+
+    def keepalive(self) -> bytes:
+        """Bytes that keep a stream alive while the prompt is evaluated (an SSE comment, Anthropic's
+        ping); empty where the dialect has none, and then headers wait for the first event."""
         ...
 
     def text(self, text: str) -> bytes: ...
@@ -227,9 +241,19 @@ async def respond(
 
     if stream:
         gen.hand_off_first_token()  # the first chunk is written before the worker decodes on
+    active = ActiveGeneration(gen, request)
+    starting = asyncio.ensure_future(active.start())
+    keepalive = fmt.keepalive() if stream else b""
     try:
-        active = await start_generation(gen, request)
+        if keepalive:
+            done, _ = await asyncio.wait({starting}, timeout=EARLY_HEADERS_S)
+            if not done:  # a long prompt: headers now, the first event when it comes
+                return StreamingResponse(_stream(active, fmt, recorder, closed, starting=starting),
+                                         media_type=fmt.media_type, headers=stream_headers(route))
+        await starting
     except BaseException:
+        starting.cancel()
+        active.close()
         closed()
         raise
     if recorder is not None and active.first_token_s is not None:
@@ -242,19 +266,30 @@ async def respond(
         if recorder is not None:
             recorder.finish(outcome.finish, 200)
         return JSONResponse(fmt.body(outcome), headers=route.headers())
-    headers = {**route.headers(), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(_stream(active, fmt, recorder, closed), media_type=fmt.media_type, headers=headers)
+    return StreamingResponse(_stream(active, fmt, recorder, closed), media_type=fmt.media_type,
+                             headers=stream_headers(route))
+
+
+def stream_headers(route: Route) -> dict[str, str]:
+    return {**route.headers(), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 async def _stream(active: ActiveGeneration, fmt: ChunkFormat, recorder: Recorder | None,
-                  closed: Callable[[], None]) -> AsyncIterator[bytes]:
-    """The chunks of a started generation; always ends in the dialect's tail or error event."""
+                  closed: Callable[[], None], starting: asyncio.Future | None = None) -> AsyncIterator[bytes]:
+    """The chunks of a generation (started, or still `starting`: keep-alives until its first event);
+    always ends in the dialect's tail or error event."""
     finish: Finish | None = None
     status = 200
     try:
         head = fmt.head()
         if head:
             yield head
+        if starting is not None:
+            while not (await asyncio.wait({starting}, timeout=KEEPALIVE_S))[0]:
+                yield fmt.keepalive()
+            starting.result()  # a failure before the first event raises here, rendered below
+            if recorder is not None and active.first_token_s is not None:
+                recorder.first_token(active.first_token_s)
         sent_first = False
         async for event in active:
             if isinstance(event, Finish):
@@ -286,6 +321,8 @@ async def _stream(active: ActiveGeneration, fmt: ChunkFormat, recorder: Recorder
         status = 500
         yield fmt.error(GenerationFailed(f"Internal error while streaming ({exc.__class__.__name__})."))
     finally:
+        if starting is not None:
+            starting.cancel()
         active.close()
         closed()
         if recorder is not None:

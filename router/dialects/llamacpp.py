@@ -196,6 +196,9 @@ class LlamaFormat(TextOnly):
             "stop": list(p.stop), "stream": r.stream, "n_cmpl": r.n_cmpl,
         }
 
+    def keepalive(self) -> bytes:
+        return b""  # no keep-alive in this dialect: headers wait for the first event
+
     def head(self) -> bytes:
         return b""
 

@@ -310,6 +310,9 @@ class OllamaFormat:
             obj["context"] = []
         return obj
 
+    def keepalive(self) -> bytes:
+        return b""  # no keep-alive in this dialect: headers wait for the first event
+
     def head(self) -> bytes:
         return b""
 

@@ -286,6 +286,10 @@ class OpenAIFormat:
         return ('data: {' + self._envelope + ',"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
                 '"logprobs":null,"finish_reason":null}]}\n\n').encode()
 
+    def keepalive(self) -> bytes:
+        """An SSE comment (every SSE client skips it) for chats: agents wait on those; FIM keeps its status codes."""
+        return b": keep-alive\n\n" if self.chat else b""
+
     def text(self, text: str) -> bytes:
         return (self._open + json_str(text) + self._close).encode()
 
