@@ -29,6 +29,8 @@ import platformdirs
 CLI_PACKAGES: dict[str, tuple[str, str, str]] = {
     "opencode": ("opencode-ai", "1.18.33", "opencode"),
     "qwen": ("@qwen-code/qwen-code", "0.15.10", "qwen"),
+    "claude": ("@anthropic-ai/claude-code", "2.1.197", "claude"),
+    "codex": ("@openai/codex", "0.171.0", "codex"),
 }
 # opencode npm-installs this into each config dir it reads, in the background, at every start,
 # unless node_modules there already holds what package.json asks for; it bundles its providers
