@@ -38,6 +38,8 @@ NOT_OFFERED = {
     "/api/pull": "pulling models over HTTP (use `route models pull`)",
     "/api/delete": "deleting models over HTTP (use `route models rm`)",
 }
+# Ollama's clients delete with DELETE; the rest are POSTs.
+REFUSED_METHODS = {"/api/delete": ["DELETE", "POST"]}
 
 
 def build_catalog(settings: Settings) -> Catalog:
@@ -118,7 +120,7 @@ def create_app(
         app.include_router(dialect.build())
 
     for path, what in NOT_OFFERED.items():
-        app.add_api_route(path, refusal(what), methods=["POST"], include_in_schema=False)
+        app.add_api_route(path, refusal(what), methods=REFUSED_METHODS.get(path, ["POST"]), include_in_schema=False)
     return app
 
 

@@ -38,12 +38,16 @@ def write_tiny_gguf(
     n_layer: int = 2,
     seed: int = 0,
     chat_template: str | None = CHATML_TEMPLATE,
+    architecture: str = "llama",
 ) -> Path:
-    """Write the model to `path` and return it. Deterministic for a given seed."""
+    """Write the model to `path` and return it. Deterministic for a given seed.
+
+    `architecture` "qwen2" writes Qwen2's attention biases too (llama.cpp requires them), so
+    tests can see a header's architecture that is not llama's."""
     rng = np.random.default_rng(seed)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), architecture)
     writer.add_name("tiny-test-" + (fim_family or "nofim"))
     writer.add_context_length(n_ctx)
     writer.add_embedding_length(n_embd)
@@ -90,6 +94,9 @@ def write_tiny_gguf(
         writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
         for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
             tensor(f"blk.{i}.{name}.weight", n_embd, n_embd)
+        if architecture == "qwen2":
+            for name in ("attn_q", "attn_k", "attn_v"):
+                writer.add_tensor(f"blk.{i}.{name}.bias", np.zeros(n_embd, dtype=np.float32))
         tensor(f"blk.{i}.ffn_gate.weight", n_embd * 2, n_embd)
         tensor(f"blk.{i}.ffn_up.weight", n_embd * 2, n_embd)
         tensor(f"blk.{i}.ffn_down.weight", n_embd, n_embd * 2)

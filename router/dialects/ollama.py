@@ -41,7 +41,9 @@ from router.state import state
 from router.streaming import NDJSON, CallCollector, CollectedCall, Outcome, json_str
 from router.superseder import Superseder
 
-OLLAMA_VERSION = "0.9.0"
+# The Ollama version /api/version reports: clients gate features on it, and Codex `--oss` refuses
+# any Ollama older than 0.13.4, the first with the Responses API that Codex then speaks.
+OLLAMA_VERSION = "0.13.4"
 DONE_REASON = {"stop": "stop", "length": "length", "tool_calls": "stop", "cancelled": "stop", "error": "stop"}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
