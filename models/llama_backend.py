@@ -135,6 +135,7 @@ class LlamaBackend:
         self._bos = llm.token_bos()
         self._tokenizer = PromptTokenizer(llm)
         metadata = llm.metadata
+        self.architecture: str | None = metadata.get("general.architecture")
         self.fim: FimTokens | None = detect_fim(self._has_token, override=spec.fim_family)
         template = spec.chat_template or metadata.get("tokenizer.chat_template")
         self._chat_stops: tuple[str, ...] = ()
@@ -158,8 +159,9 @@ class LlamaBackend:
     def capabilities(self) -> Capabilities:
         family = self.fim.family if self.fim is not None else None
         tools = self.tool_format
-        return Capabilities(self.n_ctx, fim=self.fim is not None, fim_family=family, tools=tools is not None,
-                            tool_format=tools.name if tools else None)
+        return Capabilities(self.n_ctx, fim=self.fim is not None, fim_family=family,
+                            fim_stops=self.fim.stops if self.fim is not None else (), tools=tools is not None,
+                            tool_format=tools.name if tools else None, architecture=self.architecture)
 
     def count_prompt_tokens(self, request: Request) -> int:
         return len(self._prepare(request).tokens)

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import httpx
 
 from models.backend import BackendOptions
-from models.capabilities import Capabilities
+from models.capabilities import Capabilities, family_stops
 from models.catalog import ModelSpec, UpstreamSource
 from models.chat_messages import openai_messages, openai_response_format, openai_tool_choice, openai_tools
 from models.events import Event, Finish, TextDelta, ToolCallDelta, ToolCallStart, Usage
@@ -172,7 +172,7 @@ class UpstreamBackend:
     @property
     def capabilities(self) -> Capabilities:
         fim = self.api == "llama.cpp" or self.fim_family is not None
-        return Capabilities(self.n_ctx, fim=fim, fim_family=self.fim_family)
+        return Capabilities(self.n_ctx, fim=fim, fim_family=self.fim_family, fim_stops=family_stops(self.fim_family))
 
     def count_prompt_tokens(self, request: Request) -> int:
         """Exact from llama-server's /tokenize when the estimate comes near n_ctx; an estimate otherwise.

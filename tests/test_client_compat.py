@@ -93,3 +93,26 @@ def test_the_openai_sdk_does_not_retry_a_501(server):
         client.completions.create(model="tiny-nofim", prompt="a = ", suffix="\n", max_tokens=2)
     assert caught.value.status_code == 501
     assert server.counts["/v1/completions"] - before == 1
+
+
+def test_show_reports_the_gguf_architecture_before_and_after_loading(oll, server):
+    assert not any(st.id == "tiny-qwen2" and st.loaded for st in server.state.pool.status())
+    for _ in ("from the header on disk", "from the loaded model"):
+        shown = oll.show("tiny-qwen2")
+        assert shown.details.family == "qwen2" and shown.details.families == ["qwen2"]
+        assert shown.modelinfo["general.architecture"] == "qwen2"
+        assert shown.modelinfo["qwen2.context_length"] == 1024
+        oll.chat(model="tiny-qwen2", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 1})
+    tags = {m.model: m.details.family for m in oll.list().models}
+    assert tags["tiny-qwen2"] == "qwen2" and tags["tiny-qwen"] == "llama"
+
+
+def test_show_parameters_carry_the_fim_stops_the_model_stops_on(oll, http):
+    from models.fim import FAMILIES
+
+    http.post("/infill", json={"input_prefix": "", "input_suffix": "", "n_predict": 0})  # loads the FIM model
+    stops = {line for line in oll.show("fim").parameters.splitlines() if line.startswith("stop ")}
+    assert stops == {f"stop {json.dumps(s)}" for s in FAMILIES["qwen"].stops}
+    assert oll.show("auto").parameters.count("stop ") == len(stops)  # auto's FIM goes to the fim model
+    plain = oll.show("tiny-nofim").parameters
+    assert "num_ctx 1024" in plain and "stop " not in plain

@@ -27,7 +27,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from models.catalog import HFSource, ModelSpec
 from models.errors import InvalidRequest, ModelNotFound, RouterError, UnsupportedParameter
 from models.events import Finish, ToolCallDelta, ToolCallStart
-from models.fim import FAMILIES
 from models.labels import LABELS
 from models.request import ImagePart, Message, Part, Request, TextPart, ToolCall, ToolChoice, ToolResult, text_message
 from models.tool_checks import check_tool_request
@@ -348,9 +347,10 @@ def spec_digest(spec: ModelSpec) -> str:
 
 
 def family_of(request: HTTPRequest, spec: ModelSpec | None) -> str:
+    """Ollama's `details.family`: the GGUF header's architecture (qwen2, llama...), as Ollama reports it."""
     if spec is None:
         return "router"
-    return state(request).router.capabilities(spec).fim_family or "llama"
+    return state(request).router.capabilities(spec).architecture or "unknown"
 
 
 def fim_capable(request: HTTPRequest, spec: ModelSpec) -> bool:
@@ -414,16 +414,18 @@ async def show(request: HTTPRequest) -> dict[str, Any]:
         raise InvalidRequest("`model` is required.", param="model")
     _, spec = resolve_name(request, name)
     router = state(request).router
-    if spec is None:  # auto: whatever the router can reach
+    if spec is None:  # auto: whatever the router can reach; its FIM requests go to the fim label's model
         fim = any(fim_capable(request, s) for s in router.catalog.models)
         tools = any(router.capabilities(s).tools is not False for s in router.catalog.models)
         n_ctx = max((router.capabilities(s).n_ctx for s in router.catalog.models), default=4096)
+        fim_spec = router.model_for_label("fim")[0] if fim else None
     else:
         fim = fim_capable(request, spec)
         tools = router.capabilities(spec).tools is not False
         n_ctx = router.capabilities(spec).n_ctx
+        fim_spec = spec
     family = family_of(request, spec)
-    stops = FAMILIES[family].stops if fim and family in FAMILIES else ()
+    stops = router.capabilities(fim_spec).fim_stops if fim and fim_spec is not None else ()
     parameters = "\n".join([f"num_ctx {n_ctx}"] + [f"stop {json.dumps(s, ensure_ascii=False)}" for s in stops])
     template = show_template(fim)
     return {
