@@ -57,6 +57,7 @@ class Finish:
     usage: Usage = field(default_factory=Usage)
     truncated: bool = False  # the prompt was trimmed to fit (FIM)
     error: str | None = None  # set with reason == "error" (mid-stream failure)
+    stop_sequence: str | None = None  # the client's stop string that ended it, where known (Anthropic reports it)
 
 
 Event = TextDelta | ToolCallStart | ToolCallDelta | Finish

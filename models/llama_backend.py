@@ -445,7 +445,8 @@ class LlamaBackend:
                 finish = "tool_calls"
         predicted_ms = (time.perf_counter() - gen_start) * 1000.0
         usage = dataclasses.replace(usage, completion_tokens=n_new, predicted_ms=predicted_ms)
-        yield Finish(finish, usage, truncated=prep.truncated)  # type: ignore[arg-type]
+        matched = matcher.matched if matcher is not None and matcher.matched in params.stop else None
+        yield Finish(finish, usage, truncated=prep.truncated, stop_sequence=matched)  # type: ignore[arg-type]
 
     def _grammar_sampler(self, grammar: ToolGrammar) -> Any:
         """llama.cpp's grammar sampler: lazy (free text until the trigger) or constraining from the first token."""
@@ -554,6 +555,7 @@ class _StopMatcher:
         self.stops = tuple(stops)
         self.held = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string found
 
     def feed(self, text: str) -> tuple[str, bool]:
         buf = self.held + text
@@ -561,7 +563,7 @@ class _StopMatcher:
         for s in self.stops:
             i = buf.find(s)
             if i >= 0 and (cut < 0 or i < cut):
-                cut = i
+                cut, self.matched = i, s
         if cut >= 0:
             self.held = ""
             self.stopped = True

@@ -29,17 +29,20 @@ def check_schema(schema: Any, param: str) -> None:
         raise InvalidRequest(f"`{param}` is not a valid JSON Schema at {where}: {exc.message}", param=param) from None
 
 
-def check_tool_request(request: Request, output_param: str = "response_format") -> None:
-    """Raise InvalidRequest on the first thing about tools or structured output that cannot be honoured."""
+def check_tool_request(request: Request, output_param: str = "response_format",
+                       tool_param: str = "tools[{i}].function") -> None:
+    """Raise InvalidRequest on the first thing about tools or structured output that cannot be honoured;
+    `tool_param` is where the dialect keeps a tool's name and `parameters` (Anthropic: `tools[{i}]`)."""
     names: set[str] = set()
     for i, tool in enumerate(request.tools):
-        param = f"tools[{i}].function.parameters"
+        where = tool_param.format(i=i)
+        param = f"{where}.parameters" if tool_param.endswith(".function") else f"{where}.input_schema"
         check_schema(tool.parameters, param)
         if tool.parameters.get("type", "object") != "object":
             raise InvalidRequest(f"`{param}` must describe an object (`\"type\": \"object\"`): arguments are named.",
                                  param=param)
         if tool.name in names:
-            raise InvalidRequest(f"Two tools are named `{tool.name}`.", param=f"tools[{i}].function.name")
+            raise InvalidRequest(f"Two tools are named `{tool.name}`.", param=f"{where}.name")
         names.add(tool.name)
     choice = request.tool_choice
     if choice.mode in ("required", "function") and not request.tools:

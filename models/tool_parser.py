@@ -328,6 +328,7 @@ class ToolCallParser:
         self._opener = ""
         self._pending: list[Event] = []  # a call's events while it is not committed (or buffered)
         self._committed = False
+        self._after_call = False  # whitespace right after a call is dropped (llama.cpp's parser trims it)
 
     # ---- public -----------------------------------------------------------------------------
 
@@ -358,6 +359,11 @@ class ToolCallParser:
 
     def _scan_text(self, out: list[Event], final: bool) -> None:
         while self._body is None and self._text:
+            if self._after_call:
+                self._text = self._text.lstrip()
+                if not self._text:
+                    return
+                self._after_call = False
             text = self._text
             if self._at_start and self.bare_json:
                 stripped = text.lstrip(" \t\r\n;")
@@ -427,6 +433,7 @@ class ToolCallParser:
         else:
             out.append(TextDelta(self._opener + self._body_text))
             rest = ""
+        self._after_call = step.status == DONE or self._committed
         self._body, self._pending, self._committed = None, [], False
         self._body_text = ""
         self._at_start = self._at_start and step.status == DONE

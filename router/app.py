@@ -17,7 +17,7 @@ from classifier import ArtifactError, Classifier
 from models.backend import BackendOptions
 from models.catalog import Catalog, select_catalog
 from models.pool import Pool
-from router.dialects import llamacpp, ollama, openai, route
+from router.dialects import anthropic, llamacpp, ollama, openai, responses, route
 from router.errors import NotSupported, install_error_handlers
 from router.security import check_bind, install_security
 from router.settings import Settings
@@ -116,7 +116,7 @@ def create_app(
 
     install_error_handlers(app)
     install_security(app, settings)
-    for dialect in (openai, llamacpp, ollama, route):
+    for dialect in (openai, responses, anthropic, llamacpp, ollama, route):
         app.include_router(dialect.build())
 
     for path, what in NOT_OFFERED.items():

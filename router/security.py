@@ -19,7 +19,8 @@ from router.errors import dialect_for_path, error_response
 from router.settings import Settings
 
 # Paths any caller may reach without the key: liveness only, nothing about models or prompts.
-OPEN_PATHS = frozenset({"/health"})
+# Liveness probes: "/" is also the connection check Claude Code sends (HEAD, without its key).
+OPEN_PATHS = frozenset({"/", "/health"})
 
 
 class InsecureBind(RuntimeError):

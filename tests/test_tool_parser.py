@@ -54,7 +54,9 @@ WELL_FORMED = [
      "I will check.\n", [("get_weather", {"city": "Oslo", "days": 2})]),
     ("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\n<tool_call>\n'
                '{"name": "write_file", "arguments": {"path": "a.py", "content": "print(\\"}\\")\\n"}}\n</tool_call>',
-     "\n", [("get_weather", {"city": "Oslo"}), ("write_file", {"path": "a.py", "content": 'print("}")\n'})]),
+     "", [("get_weather", {"city": "Oslo"}), ("write_file", {"path": "a.py", "content": 'print("}")\n'})]),
+    # Whitespace after a call is dropped (it would be an empty text block in Anthropic's stream); text is kept.
+    ("hermes", '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>\n\t \nDone.', "Done.", [("get_time", {})]),
     # Qwen2.5-Coder without its tags (seen when specials are dropped), and in a code fence.
     ("hermes", '{"name": "get_weather", "arguments": {"city": "Paris"}}', "", [("get_weather", {"city": "Paris"})]),
     ("hermes", '```json\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n```', "", [("get_weather", {"city": "Rome"})]),
