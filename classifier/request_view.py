@@ -52,7 +52,7 @@ def read_request(request: Request) -> RequestView:
         view.infill = True
         view.suffix_field = "input_suffix"
     elif request.kind == "chat":
-        _read_messages(request.messages, view, reader)
+        _read_messages(request.messages, view, reader, warmup=request.warmup)
     else:
         _read_prompt(request, view, reader)
     view.chars_read = reader.chars_read
@@ -75,7 +75,7 @@ def _parts_text(parts: Sequence[Part], reader: TextReader, head: int, tail: int)
     return "\n".join(pieces)
 
 
-def _read_messages(messages: Sequence[Message], view: RequestView, reader: TextReader) -> None:
+def _read_messages(messages: Sequence[Message], view: RequestView, reader: TextReader, *, warmup: bool) -> None:
     start = max(0, len(messages) - MAX_MESSAGES)
     view.many_messages = start > 0
     current_index = None
@@ -91,7 +91,9 @@ def _read_messages(messages: Sequence[Message], view: RequestView, reader: TextR
     view.current = _parts_text(parts, reader, CURRENT_HEAD, CURRENT_TAIL)
     texts = [p for p in parts if isinstance(p, TextPart)]
     view.scan = reader.ends(texts[0].text, SCAN_HEAD, SCAN_TAIL) if len(texts) == 1 else view.current
-    if not view.current.strip() and not messages[current_index].images:  # an image alone is a question too
+    # An image alone is a question too; a warm-up (llama.cpp's `n_predict: 0`) may come before its turn is
+    # typed (llama.vim warms its instruction's context so): the context then decides.
+    if not view.current.strip() and not messages[current_index].images and not warmup:
         raise InvalidRequestShape("the current user message is empty", f"messages[{current_index}].content")
     view.context = _conversation_context(messages, start, current_index, reader)
 

@@ -62,12 +62,13 @@ class InternalError(RouterError):
 
 
 def dialect_for_path(path: str) -> str:
-    """Which dialect a path speaks: /api/* and / are Ollama, /v1/messages Anthropic, /v1/* OpenAI, the rest llama.cpp."""
+    """Which dialect a path speaks: /api/* and / are Ollama, /v1/messages Anthropic, /v1/* and /chat/completions
+    OpenAI, the rest llama.cpp."""
     if path == "/v1/messages" or path.startswith("/v1/messages/"):
         return ANTHROPIC
     if path == "/" or path.startswith("/api/"):
         return OLLAMA
-    if path.startswith("/v1/"):
+    if path.startswith("/v1/") or path == "/chat/completions":  # llama-server's unprefixed OpenAI chat
         return OPENAI
     return LLAMACPP
 

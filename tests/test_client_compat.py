@@ -116,3 +116,89 @@ def test_show_parameters_carry_the_fim_stops_the_model_stops_on(oll, http):
     assert oll.show("auto").parameters.count("stop ") == len(stops)  # auto's FIM goes to the fim model
     plain = oll.show("tiny-nofim").parameters
     assert "num_ctx 1024" in plain and "stop " not in plain
+
+
+# ----------------------------------------------------------------------------- llama.vim's instruction feature
+
+# llama.vim's llama#inst_build system prompt, with its section rulers (autoload/llama.vim).
+LLAMA_VIM_INST_SYSTEM = (
+    "You are a text-editing assistant. Respond ONLY with the result of applying INSTRUCTION to SELECTION given "
+    "the CONTEXT. Maintain the existing text indentation. Do not add extra code blocks. Respond only with the "
+    "modified block. If the INSTRUCTION is a question, answer it directly. Do not output any extra separators. "
+    "Consider the local context before (PREFIX) and after (SUFFIX) the SELECTION.\n\n"
+    "--- CONTEXT     " + "-" * 40 + "\n\n"
+    "--- PREFIX      " + "-" * 40 + "\nimport os\n"
+    "--- SELECTION   " + "-" * 40 + "\ndef f(x):\n    return x\n"
+    "--- SUFFIX      " + "-" * 40 + "\n\n"
+)
+
+
+def inst_messages(instruction: str) -> list[dict]:
+    return [{"role": "system", "content": LLAMA_VIM_INST_SYSTEM},
+            {"role": "user", "content": "INSTRUCTION: " + instruction if instruction else ""}]
+
+
+LLAMA_VIM_INST_WARMUP = {  # llama#inst: sent while the user types the instruction
+    "id_slot": 0, "messages": inst_messages(""), "samplers": [], "n_predict": 0, "stream": False,
+    "cache_prompt": True, "response_fields": [""],
+}
+LLAMA_VIM_INST_SEND = {  # llama#inst_send
+    "id_slot": 0, "messages": inst_messages("rename x to value"), "min_p": 0.1, "temperature": 0.1,
+    "samplers": ["min_p", "temperature"], "stream": True, "cache_prompt": True,
+}
+
+
+def generated_tokens(server) -> int:
+    return sum(server.state.pool.counters.tokens.values())
+
+
+def test_llama_vim_instruction_warmup_evaluates_the_prompt_and_generates_nothing(http, server):
+    before = generated_tokens(server)
+    r = http.post("/v1/chat/completions", json=LLAMA_VIM_INST_WARMUP)
+    assert r.status_code == 200, r.text
+    body = r.json()  # like llama-server, response_fields does not cut an OpenAI-shaped answer
+    assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"] == ""
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] == 0 and body["usage"]["prompt_tokens"] > 100
+    assert generated_tokens(server) == before
+    assert server.state.pool.counters.prompt_tokens[r.headers["x-route-model"]] >= body["usage"]["prompt_tokens"]
+
+
+def test_llama_vim_instruction_streams_after_its_warmup(http):
+    with http.stream("POST", "/v1/chat/completions", json={**LLAMA_VIM_INST_SEND, "model": "chat"}) as r:
+        assert r.status_code == 200
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    assert chunks[-1]["choices"][0]["finish_reason"] in {"stop", "length"}
+
+
+def test_response_fields_does_not_cut_an_openai_answer_and_max_tokens_zero_is_still_refused(http):
+    body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "n_predict": 2,
+            "response_fields": ["content"]}
+    r = http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200 and {"id", "choices", "usage"} <= set(r.json())
+    r = http.post("/v1/chat/completions", json={**body, "max_tokens": 0})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+
+
+# ----------------------------------------------------------------------------- llama-server's unprefixed paths
+
+
+def test_chat_completions_answers_without_the_v1_prefix(server, http):
+    client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=60)
+    raw = client.chat.completions.with_raw_response.create(
+        model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert raw.parse().choices[0].finish_reason in {"stop", "length"} and raw.headers["x-route-model"] == "tiny-nofim"
+    r = http.post("/chat/completions", json={"messages": []})
+    assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_completions_without_the_prefix_is_llama_servers_native_completion(http):
+    """llama-server serves /completions with its /completion handler (not the OpenAI one): so does the router."""
+    r = http.post("/completions", json={"model": "chat", "prompt": "x = ", "n_predict": 2})
+    assert r.status_code == 200 and "content" in r.json() and "choices" not in r.json()
+    r = http.post("/completions", json={"prompt": ["a", "b"]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == 400

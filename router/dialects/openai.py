@@ -1,7 +1,9 @@
 """OpenAI dialect: /v1/chat/completions, /v1/completions (`suffix` = FIM), /v1/models.
 
 Unknown arguments are refused (as OpenAI does) and every standard sampling parameter is either
-honoured or refused by name. `model` is `auto`, a label, or a concrete model id.
+honoured or refused by name. `model` is `auto`, a label, or a concrete model id. llama.cpp's
+extensions that its clients send are taken as llama-server takes them (llama.vim's instruction
+feature warms up with `n_predict: 0`), and chat also answers llama-server's /chat/completions.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ class OpenAISampling(LlamaCppExtras):
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=-1, le=MAX_TOKENS_LIMIT, description="-1: until the end of generation.")
-    n_predict: int | None = Field(None, ge=-1, le=MAX_TOKENS_LIMIT, description="llama.cpp's name for max_tokens.")
+    n_predict: int | None = Field(None, ge=-1, le=MAX_TOKENS_LIMIT,
+                                  description="llama.cpp's name for max_tokens; 0: warm-up (evaluate the prompt only).")
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     n: int = Field(1, ge=1, le=128, description="Only 1 is supported.")
@@ -56,15 +59,22 @@ class OpenAISampling(LlamaCppExtras):
     seed: int | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    response_fields: list[str] | None = Field(
+        None, description="llama.cpp's field filter: accepted; as llama-server does, OpenAI-shaped answers come whole."
+    )
 
     @model_validator(mode="after")
     def _refuse_openai_unhonoured(self) -> OpenAISampling:
         if self.n != 1:
             raise UnsupportedParameter("Only n=1 is supported: send one request per completion.", param="n")
-        for name in ("max_tokens", "n_predict"):
-            if getattr(self, name) == 0:
-                raise InvalidRequest(f"`{name}` must be at least 1 (or -1 for no limit).", param=name)
+        if self.max_tokens == 0:
+            raise InvalidRequest("`max_tokens` must be at least 1 (or -1 for no limit).", param="max_tokens")
         return self
+
+    @property
+    def warmup(self) -> bool:
+        """llama.cpp's `n_predict: 0` (llama.vim warms its instruction prompt so): evaluate, generate nothing."""
+        return self.n_predict == 0 and self.max_tokens is None
 
     def limit(self, default: int | None) -> int | None:
         value = self.max_tokens if self.max_tokens is not None else self.n_predict
@@ -207,7 +217,7 @@ class ChatRequest(OpenAISampling):
         request = Request(
             "chat", "/v1/chat/completions", self.model, self.params(None), messages, tools=tools,
             tool_choice=internal_tool_choice(choice, self.parallel_tool_calls, tools),
-            output=internal_response_format(self.response_format), stream=self.stream,
+            output=internal_response_format(self.response_format), stream=self.stream, warmup=self.warmup,
         )
         check_tool_request(request)
         return request
@@ -246,8 +256,9 @@ class CompletionRequest(OpenAISampling):
     def to_request(self) -> Request:
         params = self.params(16)
         if self.suffix is not None:
-            return Request("fim", "/v1/completions", self.model, params, prefix=self.text, suffix=self.suffix)
-        return Request("complete", "/v1/completions", self.model, params, prompt=self.text)
+            return Request("fim", "/v1/completions", self.model, params, prefix=self.text, suffix=self.suffix,
+                           warmup=self.warmup)
+        return Request("complete", "/v1/completions", self.model, params, prompt=self.text, warmup=self.warmup)
 
 
 
@@ -355,6 +366,7 @@ def model_entries(request: HTTPRequest) -> list[dict[str, Any]]:
 def build() -> APIRouter:
     api = APIRouter(tags=["openai"])
 
+    @api.post("/chat/completions", openapi_extra=openapi_body(ChatRequest), include_in_schema=False)  # llama-server's
     @api.post("/v1/chat/completions", openapi_extra=openapi_body(ChatRequest))
     async def chat_completions(request: HTTPRequest):
         req, internal = await parse(request, ChatRequest)
@@ -366,7 +378,8 @@ def build() -> APIRouter:
     async def completions(request: HTTPRequest):
         req, internal = await parse(request, CompletionRequest)
         route = route_request(request, internal)
-        key = Superseder.key(request, OPENAI, internal, req.id_slot) if internal.kind == "fim" else None
+        fim = internal.kind == "fim" and not internal.warmup  # a warm-up supersedes no real request
+        key = Superseder.key(request, OPENAI, internal, req.id_slot) if fim else None
         fmt = OpenAIFormat(False, route.model_id, req.include_usage)
         return await answer(
             request, dialect=OPENAI, route=route, internal=internal, fmt=fmt, stream=req.stream, supersede_key=key
