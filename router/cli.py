@@ -312,7 +312,7 @@ def answer_in_process(
     pool = build_pool(settings, catalog)
     try:
         request = parse_request(*request_body(prompt, raw, model, sampling))  # exactly what `--server` would send
-        route = Router(catalog, classifier, pool).route(request)
+        route = Router(catalog, classifier, pool, settings.model_aliases).route(request)
         answer = Answer(label=route.label, model=route.model_id, confidence=route.confidence, reasons=list(route.reasons))
         on_decision(answer)
         ensure_weights(catalog.get(route.model_id), console)

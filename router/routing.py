@@ -7,6 +7,8 @@ ModelNotFound, never a silent fallback. Shared by the HTTP app and the CLI.
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,15 +61,34 @@ class Route:
 class Router:
     """Picks a model for each request from the catalog, the classifier's decision and the pool's knowledge."""
 
-    def __init__(self, catalog: Catalog, classifier: Classifier, pool: Pool | None = None) -> None:
+    def __init__(self, catalog: Catalog, classifier: Classifier, pool: Pool | None = None,
+                 aliases: Mapping[str, str] | None = None) -> None:
         self.catalog = catalog
         self.classifier = classifier
         self.pool = pool
+        self.aliases = dict(aliases or {})
+        for pattern, target in self.aliases.items():
+            if not self._known(target):
+                raise ValueError(f"model_aliases: {pattern!r} maps to {target!r}, which is not `auto`, a label "
+                                 f"({', '.join(LABELS)}) or a catalog model ({', '.join(self.model_ids())}).")
 
     def route(self, request: Request) -> Route:
         """Decide; raises ModelNotFound (unknown name), FimNotSupported (no FIM model), InvalidRequestShape."""
         requested = self._normalise(request.model)
-        if requested not in AUTO_NAMES and requested not in LABELS and self.catalog.get(requested) is None:
+        alias_why: list[str] = []
+        if not self._known(requested):
+            pattern = next((p for p in self.aliases if fnmatch.fnmatchcase(requested, p)), None)
+            if pattern is not None:
+                alias_why = [f"model `{request.model}` matches alias `{pattern}` -> {self.aliases[pattern]}"]
+                requested = self.aliases[pattern]
+        route = self._route(request, requested)
+        return Route(route.label, route.confidence, route.model_id, alias_why + route.reasons) if alias_why else route
+
+    def _known(self, name: str) -> bool:
+        return name in AUTO_NAMES or name in LABELS or self.catalog.get(name) is not None
+
+    def _route(self, request: Request, requested: str) -> Route:
+        if not self._known(requested):
             raise ModelNotFound(
                 f"The model `{request.model}` does not exist. Use `auto`, a label "
                 f"({', '.join(LABELS)}) or one of: {', '.join(self.model_ids()) or '(no models configured)'}.",

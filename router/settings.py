@@ -34,6 +34,12 @@ def default_memory_budget() -> int:
         return 8 * 1024**3
 
 
+# Agent CLIs ask for their vendor's model names: Claude Code `claude-opus-...` (and `claude-haiku-...`
+# for titles and summaries), Codex `gpt-5...-codex`, OpenAI SDK examples `gpt-4o` / `o3`. Routed
+# like `auto`, and the decision's reasons name the alias that applied.
+DEFAULT_MODEL_ALIASES: dict[str, str] = {"claude-*": "auto", "gpt-*": "auto", "o[0-9]*": "auto", "codex-*": "auto"}
+
+
 class Settings(BaseSettings):
     """Everything the router can be told. Each description doubles as CLI help text."""
 
@@ -76,6 +82,11 @@ class Settings(BaseSettings):
         description="Memory-map GGUF files: faster cold loads, but a file truncated while loaded crashes the server (SIGBUS).",
     )
     preload: list[str] = Field(default_factory=list, description="Model ids loaded at startup and pinned.")
+    model_aliases: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_MODEL_ALIASES),
+        description="Model names the catalog lacks (glob patterns, first match wins) mapped to `auto`, a label or a "
+        "model id; any other unknown name is a 404.",
+    )
 
     classifier_artifact: Path | None = Field(None, description="A classifier .skops file replacing the shipped one.")
 

@@ -39,7 +39,7 @@ class AppState:
 
     def start(self, pool: Pool) -> None:
         self._pool = pool
-        self._router = Router(self.catalog, self.classifier, pool)
+        self._router = Router(self.catalog, self.classifier, pool, self.settings.model_aliases)
 
     @property
     def started(self) -> bool:
