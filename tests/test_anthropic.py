@@ -9,6 +9,7 @@ up, message_delta carries stop_reason and usage, message_stop ends the stream).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import anthropic
 import httpx
@@ -22,7 +23,7 @@ from tiny_gguf import write_tiny_gguf
 import router.streaming
 from models.catalog import catalog_from_files
 from router.app import create_app
-from router.dialects.anthropic import MessagesRequest
+from router.dialects.anthropic import BILLING_HEADER, MessagesRequest
 from router.settings import Settings
 
 TOOLS = [
@@ -291,3 +292,22 @@ def test_a_failure_after_early_headers_is_an_error_event(server, monkeypatch):
                                  "messages": [{"role": "user", "content": "word " * 2000}]})
     assert events[0][0] == "message_start" and events[-1][0] == "error"
     assert events[-1][1]["error"]["type"] == "invalid_request_error" and "context" in events[-1][1]["error"]["message"]
+
+
+@pytest.mark.parametrize("name", ["claude_code_messages", "claude_code_messages_turn2"])
+def test_recorded_claude_code_requests_parse(name):
+    """The bodies Claude Code 2.1.197 really sent (tests/data/agent_requests): every beta field accepted,
+    the billing line gone, its 24 tools and its mid-conversation system message kept."""
+    body = json.loads((Path(__file__).parent / "data" / "agent_requests" / f"{name}.json").read_text())
+    request = MessagesRequest.model_validate(body).to_request()
+    assert request.messages[0].role == "system" and BILLING_HEADER not in request.messages[0].text
+    assert "Claude Code" in request.messages[0].text
+    assert [t.name for t in request.tools] == [t["name"] for t in body["tools"]] and len(request.tools) == 24
+    assert request.tool_choice.mode == "auto" and request.stream is True
+    assert request.params.max_tokens == body["max_tokens"]
+    roles = [m.role for m in request.messages]
+    assert roles.count("system") == 2  # the system prompt, and Claude Code's mid-conversation system message
+    if name.endswith("turn2"):
+        (call,) = [c for m in request.messages for c in m.tool_calls]
+        (result,) = [r for m in request.messages for r in m.tool_results]
+        assert result.call_id == call.id
