@@ -73,7 +73,7 @@ native_log = logging.getLogger("llama_cpp.native")
 
 
 @functools.cache
-def _route_llama_logs() -> object:
+def route_llama_logs() -> object:
     """Send llama.cpp's log lines to Python logging, once per process; returns the callback to keep it alive."""
 
     @llama_cpp.llama_log_callback
@@ -93,7 +93,7 @@ class LlamaBackend:
 
     def __init__(self, spec: ModelSpec, weights_path: Path | str, options: BackendOptions | None = None) -> None:
         options = options or BackendOptions()
-        _route_llama_logs()
+        route_llama_logs()
         self.model_id: str = spec.id
         self.weights_path = Path(weights_path)
         started = time.perf_counter()
@@ -115,7 +115,7 @@ class LlamaBackend:
                 verbose=False,
             )
         except Exception as exc:  # llama.cpp only says "failed to load"; find out why
-            _defuse_half_built(exc)
+            defuse_half_built(exc)
             cause = diagnose_gguf(self.weights_path) or f"llama.cpp refused it ({exc})"
             raise ModelLoadFailed(
                 f"Model {self.model_id!r} failed to load from {self.weights_path}: {cause}", model=self.model_id
@@ -340,10 +340,12 @@ class LlamaBackend:
                 common += 1
             # Editors supersede their FIM request on every keystroke: a FIM/completion prompt is
             # evaluated in slices, stopping between them once cancelled (bench/burst.py), and
-            # bit-exactly (the same context gives the same suggestion). A chat goes in one call
-            # and re-evaluates only what changed, as llama-server does.
+            # bit-exactly (the same context gives the same suggestion). A chat re-evaluates only
+            # what changed, as llama-server does, in n_batch slices: the batches llm.eval would cut
+            # anyway, so the same numbers, but an agent's 20k-token prompt stops within one slice
+            # when its client goes away instead of holding the model for minutes.
             chat = kind == "chat"
-            step = len(tokens) if chat else PROMPT_SLICE_TOKENS
+            step = llm.n_batch if chat else PROMPT_SLICE_TOKENS
             slices, exact = prompt_slices(len(tokens), common, self._exact_tokens, step, exact_reuse=not chat)
             cached = llm.n_tokens = slices[0][0] if slices else common
             for start, end in slices:
@@ -611,7 +613,7 @@ def _trim_fim(runs: list[tuple[Piece, list[int]]], budget: int) -> tuple[list[tu
     return out, True
 
 
-def _defuse_half_built(exc: BaseException) -> None:
+def defuse_half_built(exc: BaseException) -> None:
     """llama-cpp-python 0.3.16's LlamaModel.__del__ raises on an object whose load failed (no
     `sampler` attribute yet); give it the attribute so its cleanup runs quietly."""
     from llama_cpp._internals import LlamaModel

@@ -217,3 +217,21 @@ def test_prompt_slices_reuse_generated_tokens_as_they_are():
     assert not exact and slices == [(700, 900)]
     # Chats ask for the fastest reuse: the same prompt again evaluates one token.
     assert prompt_slices(300, common=299, exact_tokens=300, step=300, exact_reuse=False) == ([(299, 300)], False)
+
+
+def test_a_cancelled_chat_prompt_stops_after_one_slice_and_keeps_it_cached(tiny_gguf):
+    """An agent's long prompt is evaluated in n_batch slices: a client gone before the first token
+    frees the model within one slice, and what was evaluated is reused by the retry."""
+    backend = LlamaBackend(spec_for(tiny_gguf, n_ctx=2048), tiny_gguf, OPTS)
+    try:
+        long_chat = chat("abcdefgh " * 150, max_tokens=2, temperature=0.0)  # ~1400 byte tokens: 3 slices of 512
+        n_prompt = backend.count_prompt_tokens(long_chat)
+        assert n_prompt > 2 * backend._llm.n_batch
+        cancel = threading.Event()
+        cancel.set()
+        (done,) = list(backend.generate(long_chat, cancel))
+        assert done.reason == "cancelled" and backend._llm.n_tokens == backend._llm.n_batch
+        _, retry = run(backend, long_chat)
+        assert retry.reason in ("stop", "length") and retry.usage.cached_tokens == backend._llm.n_batch
+    finally:
+        backend.close()
