@@ -31,23 +31,16 @@ ROOT = Path(__file__).resolve().parent.parent
 # bench/ holds scripts named like our packages (bench/classifier.py): the project root comes first.
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from router.errors import dialect_for_path  # noqa: E402  the rule the server answers errors by
+
 # Server errors that are part of the contract, not crashes: none are expected with the fuzz
 # catalog (every model FIM-capable, sequential requests, so no full queues).
 ALLOWED_5XX: frozenset[int] = frozenset()
 
 
-def dialect_of(path: str) -> str:
-    """The dialect a path speaks, by the same rule as router.errors.dialect_for_path."""
-    if path == "/" or path.startswith("/api/"):
-        return "ollama"
-    if path.startswith("/v1/"):
-        return "openai"
-    return "llamacpp"
-
-
 def error_shape_problem(path: str, status: int, body: Any) -> str | None:
     """Why `body` is not a `status` error in the dialect of `path`, or None when it is."""
-    dialect = dialect_of(path)
+    dialect = dialect_for_path(path)
     if not isinstance(body, dict) or "error" not in body:
         return f"{dialect} error body without an `error` key: {str(body)[:200]}"
     err = body["error"]
@@ -57,6 +50,10 @@ def error_shape_problem(path: str, status: int, body: Any) -> str | None:
         return None
     if not isinstance(err, dict):
         return f"{dialect} error must be an object, got {err!r:.200}"
+    if dialect == "anthropic":
+        if body.get("type") != "error" or set(err) != {"type", "message"} or not err["message"]:
+            return f"anthropic error must be {{type: error, error: {{type, message}}}}, got {body!r:.200}"
+        return None
     if dialect == "openai":
         if set(err) != {"message", "type", "param", "code"}:
             return f"openai error keys {sorted(err)} != [code, message, param, type]"
@@ -82,9 +79,17 @@ def stream_problem(path: str, content_type: str, text: str) -> str | None:
             obj = json.loads(raw)
             if isinstance(obj, dict) and "error" in obj:
                 return f"error event inside a 200 stream: {raw[:200]}"
-        if dialect_of(path) == "openai" and events[-1] != "[DONE]":
+        dialect = dialect_for_path(path)
+        last = events[-1] if events[-1] == "[DONE]" else json.loads(events[-1])
+        if path == "/v1/responses":
+            if last.get("type") != "response.completed":
+                return "Responses stream does not end with response.completed"
+        elif dialect == "anthropic":
+            if last.get("type") != "message_stop":
+                return "Anthropic stream does not end with message_stop"
+        elif dialect == "openai" and events[-1] != "[DONE]":
             return "OpenAI stream does not end with [DONE]"
-        if dialect_of(path) == "llamacpp" and json.loads(events[-1]).get("stop") is not True:
+        elif dialect == "llamacpp" and json.loads(events[-1]).get("stop") is not True:
             return "llama.cpp stream does not end with stop: true"
         return None
     if content_type.startswith("application/x-ndjson"):
@@ -227,11 +232,11 @@ def server_problems(base_url: str) -> list[str]:
 
 @contextmanager
 def tiny_server(tmp: Path, n_ctx: int = 128) -> Iterator[Any]:
-    """A live router over one tiny FIM-capable GGUF serving every label, isolated from user config."""
+    """A live router over one tiny FIM-capable GGUF serving every label (and embeddings), isolated from user config."""
     from server_harness import isolated_env, live_server
     from tiny_gguf import write_tiny_gguf
 
-    from models.catalog import catalog_from_files
+    from models.catalog import Catalog, ModelSpec, catalog_from_files
     from router.app import create_app
     from router.settings import Settings
 
@@ -239,7 +244,11 @@ def tiny_server(tmp: Path, n_ctx: int = 128) -> Iterator[Any]:
     labels = {label: gguf for label in ("code_edit", "fim", "chat", "instruct")}
     with isolated_env(tmp):
         settings = Settings(n_threads=1, n_threads_batch=1, idle_ttl_s=0, max_body_bytes=1_000_000, queue_size=64)
-        with live_server(create_app(settings, catalog=catalog_from_files(labels, n_ctx=n_ctx))) as server:
+        catalog = catalog_from_files(labels, n_ctx=n_ctx)
+        embedder = ModelSpec(id="tiny-fuzz-embed", embedding=True, pooling="mean", n_ctx=n_ctx,
+                             source={"kind": "local", "path": gguf})
+        catalog = Catalog(models=[*catalog.models, embedder])
+        with live_server(create_app(settings, catalog=catalog)) as server:
             yield server
 
 

@@ -151,6 +151,14 @@ class ModelSpec(_Strict):
     n_gpu_layers: int = Field(0, ge=-1, description="-1 offloads every layer.")
     chat_template: str | None = Field(None, description="Jinja chat template overriding the GGUF's own.")
     fim_family: str | None = Field(None, description="FIM family overriding detection from the vocabulary.")
+    embedding: bool = Field(
+        False,
+        description="An embedding model: answers /v1/embeddings and /api/embed (llama.cpp's embedding mode), "
+        "never a generation, so it serves no labels.",
+    )
+    pooling: Literal["mean", "cls", "last"] | None = Field(
+        None, description="Embedding models: how token vectors become one vector (unset: the GGUF's own)."
+    )
     size_bytes: int | None = Field(None, gt=0)
     description: str = ""
 
@@ -169,6 +177,14 @@ class ModelSpec(_Strict):
         if len(set(v)) != len(v):
             raise ValueError("a label is listed twice")
         return v
+
+    @model_validator(mode="after")
+    def _embedding_serves_no_label(self) -> ModelSpec:
+        if self.embedding and self.labels:
+            raise ValueError("an embedding model generates no text, so it serves no labels")
+        if self.pooling and not self.embedding:
+            raise ValueError("pooling applies to embedding models only (set embedding: true)")
+        return self
 
     @model_validator(mode="after")
     def _size_agrees(self) -> ModelSpec:

@@ -1,8 +1,9 @@
 """The one generation event stream every backend produces and every dialect renders.
 
 Text deltas flow until the model starts a tool call; a call is a ToolCallStart (index, id, name)
-followed by argument pieces; the stream always ends with exactly one Finish, which carries the
-usage (every dialect writes the reason and the counts together, at the end).
+followed by argument pieces; an embedding request gets one Embeddings instead. The stream always
+ends with exactly one Finish, which carries the usage (every dialect writes the reason and the
+counts together, at the end).
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ class ToolCallDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class Embeddings:
+    """An embedding request's answer: one pooled vector per input, in input order (before any normalising)."""
+
+    vectors: list[list[float]]
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
     """What a generation cost: tokens and milliseconds."""
 
@@ -60,4 +68,4 @@ class Finish:
     stop_sequence: str | None = None  # the client's stop string that ended it, where known (Anthropic reports it)
 
 
-Event = TextDelta | ToolCallStart | ToolCallDelta | Finish
+Event = TextDelta | ToolCallStart | ToolCallDelta | Embeddings | Finish

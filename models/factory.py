@@ -1,4 +1,5 @@
-"""Which Backend serves a catalog entry: llama.cpp in-process for files, the upstream client for servers."""
+"""Which Backend serves a catalog entry: llama.cpp in-process for files (generating or embedding), the upstream
+client for servers."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ def create_backend(spec: ModelSpec, weights: Path | None, options: BackendOption
         return UpstreamBackend(spec, options)
     if weights is None:
         raise ModelLoadFailed(f"Model {spec.id!r} has no weights file to load.", model=spec.id)
+    if spec.embedding:
+        from models.llama_embedder import LlamaEmbedder
+
+        return LlamaEmbedder(spec, weights, options)
     from models.llama_backend import LlamaBackend
 
     return LlamaBackend(spec, weights, options)

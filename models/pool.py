@@ -623,18 +623,19 @@ class Pool:
         try:
             n_ctx = self._request_n_ctx(backend, gen)
             n_prompt = backend.count_prompt_tokens(request)
-            if n_prompt + (0 if request.warmup else 1) > n_ctx:
+            if n_prompt + (1 if request.generates else 0) > n_ctx:
                 whose = f"model {gen.model_id!r} has" if n_ctx == backend.n_ctx else "the request's num_ctx gives"
+                need = " (room is needed for at least one new token)" if request.generates else ""
                 raise ContextLengthExceeded(
                     f"The prompt is {n_prompt} tokens, but {whose} a context of {n_ctx} "
-                    "tokens (room is needed for at least one new token). Shorten the prompt.",
+                    f"tokens{need}. Shorten the prompt.",
                     param=request.prompt_field,
                     prompt_tokens=n_prompt,
                     n_ctx=n_ctx,
                 )
             room = n_ctx - n_prompt
             params = request.params
-            if n_ctx < backend.n_ctx and not request.warmup and (params.max_tokens is None or params.max_tokens > room):
+            if n_ctx < backend.n_ctx and request.generates and (params.max_tokens is None or params.max_tokens > room):
                 # A smaller per-request context ends the generation where that context is full.
                 request = dataclasses.replace(request, params=dataclasses.replace(params, max_tokens=room))
             for ev in backend.generate(request, gen.cancel_event):

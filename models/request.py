@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Kind = Literal["chat", "complete", "fim"]
+Kind = Literal["chat", "complete", "fim", "embed"]
 Role = Literal["system", "user", "assistant", "tool"]
 
 
@@ -142,6 +142,7 @@ class Request:
     kind == "complete": prompt (raw text; may already hold another family's FIM tokens, which
                         the backend rewrites into its own), and `system` where the dialect has one
     kind == "fim":      prefix, suffix, extra (and prompt appended to the prefix, llama.cpp style)
+    kind == "embed":    inputs (texts or token ids), one vector each; `truncate` cuts what does not fit
 
     `endpoint` is the wire endpoint it came in on: the classifier's shape rules read it.
     """
@@ -161,8 +162,15 @@ class Request:
     extra: tuple[FimFile, ...] = ()
     warmup: bool = False  # llama.cpp `n_predict: 0`: evaluate the prompt, generate nothing
     stream: bool = False  # the client reads events as they come (else tool calls are checked whole first)
+    inputs: tuple[str | tuple[int, ...], ...] = ()
+    truncate: bool = False  # an input longer than the context is cut (Ollama's default), else refused
 
     @property
     def prompt_field(self) -> str:
         """The body field a too-long prompt is blamed on."""
-        return "messages" if self.kind == "chat" else "prompt"
+        return {"chat": "messages", "embed": "input"}.get(self.kind, "prompt")
+
+    @property
+    def generates(self) -> bool:
+        """Whether it produces tokens (a warm-up and embeddings do not: no room is kept for one)."""
+        return not self.warmup and self.kind != "embed"

@@ -5,6 +5,7 @@ Streaming end to end: each SSE line is turned into a TextDelta as soon as it arr
 that fails before its first token is retried on another replica; one that fails later ends with
 Finish("error"). FIM goes to llama-server's /infill when the upstream api is
 "llama.cpp", otherwise to /v1/completions with a prompt built for the upstream model's family.
+Embeddings go to the upstream's /v1/embeddings, answered as one JSON body (its truncation rules apply).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from models.backend import BackendOptions
 from models.capabilities import Capabilities, family_stops
 from models.catalog import ModelSpec, UpstreamSource
 from models.chat_messages import openai_messages, openai_response_format, openai_tool_choice, openai_tools
-from models.events import Event, Finish, TextDelta, ToolCallDelta, ToolCallStart, Usage
+from models.events import Embeddings, Event, Finish, TextDelta, ToolCallDelta, ToolCallStart, Usage
 from models.request import Request, SamplingParams
 from models.errors import (
     ContextLengthExceeded,
@@ -75,7 +76,7 @@ class _Call:
 
     path: str
     body: dict[str, Any]
-    dialect: str  # "chat" | "completions" | "infill"
+    dialect: str  # "chat" | "completions" | "infill" | "embeddings"
     prompt_tokens: int  # our count, used when the upstream reports no usage
     warmup: bool = False
     t_max_predict_ms: float | None = None  # enforced here when the upstream does not
@@ -185,7 +186,9 @@ class UpstreamBackend:
             return memo[1]
         text, overhead = _prompt_text(request)
         count = overhead + math.ceil(len(text) / CHARS_PER_TOKEN)
-        if self.api == "llama.cpp" and count >= self.n_ctx // 2:
+        if request.kind == "embed":  # never refused on an estimate: the upstream counts each input itself
+            count = min(count, self.n_ctx)
+        elif self.api == "llama.cpp" and count >= self.n_ctx // 2:
             exact = self._tokenize(text)
             count = count if exact is None else exact + overhead
         self._memo.count = (request, count)
@@ -253,6 +256,10 @@ class UpstreamBackend:
     def _prepare(self, request: Request) -> _Call:
         params = request.params
         prompt_tokens = self.count_prompt_tokens(request)
+        if request.kind == "embed":
+            inputs = [item if isinstance(item, str) else list(item) for item in request.inputs]
+            body = {"model": self.upstream_model or self.model_id, "input": inputs, "encoding_format": "float"}
+            return _Call(path="/v1/embeddings", body=body, dialect="embeddings", prompt_tokens=prompt_tokens)
         if request.kind == "chat":
             body = {"messages": openai_messages(request.messages), **self._sampling(params)}
             if request.tools:  # passed through unchanged: the upstream renders and parses its own calls
@@ -401,6 +408,9 @@ class UpstreamBackend:
             guard.attach_response(response)
             if response.status_code != 200:
                 self._raise_for_status(replica, call, response)
+            if call.dialect == "embeddings":
+                yield from self._embeddings(response, guard, call)
+                return
             for payload in iter_sse_data(self._lines(response, guard)):
                 if cancel.is_set():
                     break
@@ -461,6 +471,23 @@ class UpstreamBackend:
             # vLLM ends a named tool_choice with "stop": a message that holds calls ended for them
             reason = "tool_calls"
         yield self._done(reason, call, progress)
+
+    @staticmethod
+    def _embeddings(response: httpx.Response, guard: StreamGuard, call: _Call) -> Iterator[Event]:
+        """The upstream's /v1/embeddings answer as our events; a malformed one is this replica's failure."""
+        body = parse_json(response.read().decode("utf-8", "replace")) or {}
+        guard.got_first_token()
+        data = body.get("data")
+        if not isinstance(data, list) or len(data) != len(call.body["input"]) \
+                or not all(isinstance(item, dict) for item in data):
+            raise _ReplicaFailure("its /v1/embeddings answer does not hold one vector per input")
+        vectors = [item.get("embedding") for item in sorted(data, key=lambda item: item.get("index", 0))]
+        if not all(isinstance(v, list) and v for v in vectors):
+            raise _ReplicaFailure("its /v1/embeddings answer holds a vector that is not a list of numbers")
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+        tokens = usage.get("prompt_tokens")
+        yield Embeddings(vectors)
+        yield Finish("stop", Usage(prompt_tokens=tokens if isinstance(tokens, int) else call.prompt_tokens))
 
     @staticmethod
     def _lines(response: httpx.Response, guard: StreamGuard) -> Iterator[str]:
@@ -534,6 +561,9 @@ class UpstreamBackend:
         where = f"upstream {replica.url}{call.path}"
         if call.dialect == "infill" and status in (404, 501):
             raise FimNotSupported(f"model {self.model_id!r}: {where} cannot do FIM ({status}: {message})")
+        if call.dialect == "embeddings" and status in (404, 405, 501):  # a catalog mistake, not a replica fault
+            raise UpstreamUnavailable(f"model {self.model_id!r}: {where} serves no embeddings ({status}: {message}); "
+                                      "is its server an embedding model's?")
         if status in (400, 413, 422):
             lowered = message.lower()
             if "context" in lowered and any(w in lowered for w in ("exceed", "length", "long", "size", "fit")):
@@ -581,6 +611,8 @@ def _prompt_text(request: Request) -> tuple[str, int]:
         parts = [m.text for m in request.messages]
         parts += [r.content for m in request.messages for r in m.tool_results]
         return "\n".join(parts), CHAT_TOKENS_PER_MESSAGE * (len(request.messages) + 1)
+    if request.kind == "embed":  # each input must fit on its own: the longest text counts
+        return max((i for i in request.inputs if isinstance(i, str)), key=len, default=""), 1
     if request.kind == "fim":
         text = "".join([request.prefix, request.prompt, request.suffix, *(f"{f.filename or ''}\n{f.text}" for f in request.extra)])
         return text, 4 + 2 * len(request.extra)

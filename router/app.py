@@ -17,7 +17,7 @@ from classifier import ArtifactError, Classifier
 from models.backend import BackendOptions
 from models.catalog import Catalog, select_catalog
 from models.pool import Pool
-from router.dialects import anthropic, llamacpp, ollama, openai, responses, route
+from router.dialects import anthropic, embeddings, llamacpp, ollama, openai, responses, route
 from router.errors import NotSupported, install_error_handlers
 from router.security import check_bind, install_security
 from router.settings import Settings
@@ -27,11 +27,8 @@ log = logging.getLogger("router.app")
 
 # Endpoints clients probe that the router knowingly does not offer: a clear 501, not a 404.
 NOT_OFFERED = {
-    "/v1/embeddings": "embeddings",
-    "/embedding": "embeddings",
-    "/embeddings": "embeddings",
-    "/api/embed": "embeddings",
-    "/api/embeddings": "embeddings",
+    "/embedding": "llama.cpp's native embeddings (use /v1/embeddings)",
+    "/embeddings": "llama.cpp's native embeddings (use /v1/embeddings)",
     "/tokenize": "tokenization over HTTP",
     "/detokenize": "tokenization over HTTP",
     "/apply-template": "template rendering over HTTP",
@@ -116,7 +113,7 @@ def create_app(
 
     install_error_handlers(app)
     install_security(app, settings)
-    for dialect in (openai, responses, anthropic, llamacpp, ollama, route):
+    for dialect in (openai, responses, anthropic, embeddings, llamacpp, ollama, route):
         app.include_router(dialect.build())
 
     for path, what in NOT_OFFERED.items():

@@ -2,7 +2,8 @@
 
 `auto` (or no model) asks the classifier; a label forces that label's model; a catalog id
 bypasses routing (the label is still classified, for headers and metrics); anything else is
-ModelNotFound, never a silent fallback. Shared by the HTTP app and the CLI.
+ModelNotFound, never a silent fallback. Embedding models answer embeddings only, named by id (or
+the first one for `auto`). Shared by the HTTP app and the CLI.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any
 from classifier import Classifier
 from models.capabilities import Capabilities, declared
 from models.catalog import Catalog, ModelSpec
-from models.errors import FimNotSupported, ModelNotFound, UnsupportedParameter
+from models.errors import FimNotSupported, InvalidRequest, ModelNotFound, UnsupportedParameter
 from models.labels import LABELS, Label
 from models.pool import Pool
 from models.request import Request
+from router.errors import NotSupported
 
 AUTO_NAMES = frozenset({"", "auto", "router", "route"})
 
@@ -94,6 +96,10 @@ class Router:
                 f"({', '.join(LABELS)}) or one of: {', '.join(self.model_ids()) or '(no models configured)'}.",
                 param="model",
             )
+        spec = self.catalog.get(requested)
+        if spec is not None and spec.embedding:
+            raise InvalidRequest(f"The model `{requested}` is an embedding model: it answers /v1/embeddings and "
+                                 "/api/embed, not generation.", param="model")
         decision = self.classifier.classify(request)
         label = decision.label.value
         if requested in AUTO_NAMES:
@@ -108,10 +114,32 @@ class Router:
         reasons = decision.reasons + [f"model `{requested}` named explicitly: no routing"]
         return Route(label, decision.confidence, requested, reasons)
 
+    def embedding_route(self, requested: str | None) -> Route:
+        """The embedding model `requested` names (`auto` or none: the first in the catalog), as a Route
+        for headers and metrics. 501 when none is configured, 400 for a model that is not one, else 404."""
+        name = self._normalise(requested)
+        embedders = [spec.id for spec in self.catalog.models if spec.embedding]
+        if not embedders and (name in AUTO_NAMES or name in LABELS or self.catalog.get(name) is not None):
+            raise NotSupported(
+                "No embedding model is configured: add a GGUF embedding model (nomic-embed-text, bge, "
+                "Qwen3-Embedding...) to the catalog with `embedding: true` (see the README's Embeddings).",
+                param="model",
+            )
+        if name in AUTO_NAMES:
+            return Route("embedding", 1.0, embedders[0], [f"the first embedding model, {embedders[0]}, answers"])
+        spec = self.catalog.get(name)
+        known = ", ".join(embedders) or "none configured"
+        if spec is None and name not in LABELS:
+            raise ModelNotFound(f"The model `{requested}` does not exist. Embedding models: {known}.", param="model")
+        if spec is None or not spec.embedding:
+            raise InvalidRequest(f"`{requested}` is not an embedding model. Embedding models: {known}.", param="model")
+        return Route("embedding", 1.0, spec.id, [f"model `{spec.id}` named explicitly"])
+
     def model_for_label(self, label: str) -> tuple[ModelSpec, list[str]]:
         """The model serving `label` (or the nearest label's), with a reason when it had to borrow."""
+        generators = self.generators()
         for candidate in (label, *LABEL_FALLBACKS.get(Label(label), ())):
-            for spec in self.catalog.models:
+            for spec in generators:
                 if candidate not in spec.labels:
                     continue
                 if label == Label.fim and self.capabilities(spec).fim is False:
@@ -120,13 +148,13 @@ class Router:
                 return spec, why
         if label == Label.fim:
             # Any model we know can do FIM is better than a 501, and the reasons say so.
-            for spec in self.catalog.models:
+            for spec in generators:
                 if self.capabilities(spec).fim:
                     return spec, [f"no model serves fim; {spec.id} is FIM-capable and answers"]
             raise FimNotSupported("No FIM-capable model is configured: add a model with the `fim` label.", param="model")
-        if self.catalog.models:
+        if generators:
             # Any model can chat or complete text: a one-model setup answers everything, and says so.
-            spec = self.catalog.models[0]
+            spec = generators[0]
             return spec, [f"no model serves {label} or a nearby label; {spec.id} answers"]
         raise ModelNotFound(f"No model is configured for label {label}.", param="model")
 
@@ -135,7 +163,7 @@ class Router:
         the first catalog model that can (unknown counts as able: an upstream decides for itself)."""
         if not request.tools or request.tool_choice.mode == "none" or self.capabilities(spec).tools is not False:
             return spec, []
-        for other in self.catalog.models:
+        for other in self.generators():
             if self.capabilities(other).tools:
                 return other, [f"{spec.id} cannot call tools (its template renders none); {other.id} can and answers"]
         raise UnsupportedParameter(
@@ -147,6 +175,10 @@ class Router:
     def capabilities(self, spec: ModelSpec) -> Capabilities:
         """What `spec` can do as far as known: the pool's word (a loaded model's own), else the catalog's."""
         return self.pool.capabilities(spec.id) if self.pool is not None else declared(spec)
+
+    def generators(self) -> list[ModelSpec]:
+        """The catalog models that generate text, in catalog order (embedding models never do)."""
+        return [spec for spec in self.catalog.models if not spec.embedding]
 
     def model_ids(self) -> list[str]:
         return [spec.id for spec in self.catalog.models]

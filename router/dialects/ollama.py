@@ -415,19 +415,23 @@ async def show(request: HTTPRequest) -> dict[str, Any]:
     _, spec = resolve_name(request, name)
     router = state(request).router
     if spec is None:  # auto: whatever the router can reach; its FIM requests go to the fim label's model
-        fim = any(fim_capable(request, s) for s in router.catalog.models)
-        tools = any(router.capabilities(s).tools is not False for s in router.catalog.models)
-        n_ctx = max((router.capabilities(s).n_ctx for s in router.catalog.models), default=4096)
+        generators = router.generators()
+        fim = any(fim_capable(request, s) for s in generators)
+        tools = any(router.capabilities(s).tools is not False for s in generators)
+        n_ctx = max((router.capabilities(s).n_ctx for s in generators), default=4096)
         fim_spec = router.model_for_label("fim")[0] if fim else None
     else:
-        fim = fim_capable(request, spec)
+        fim = fim_capable(request, spec) and not spec.embedding
         tools = router.capabilities(spec).tools is not False
         n_ctx = router.capabilities(spec).n_ctx
         fim_spec = spec
     family = family_of(request, spec)
     stops = router.capabilities(fim_spec).fim_stops if fim and fim_spec is not None else ()
     parameters = "\n".join([f"num_ctx {n_ctx}"] + [f"stop {json.dumps(s, ensure_ascii=False)}" for s in stops])
-    template = show_template(fim)
+    embedding = spec is not None and spec.embedding
+    template = "" if embedding else show_template(fim)
+    capabilities = ["embedding"] if embedding else \
+        ["completion"] + (["insert"] if fim else []) + (["tools"] if tools else [])
     return {
         "license": "",
         "modelfile": f"# served by prompt-router\nFROM {spec.id if spec else 'auto'}\nTEMPLATE \"\"\"{template}\"\"\"\n"
@@ -436,7 +440,7 @@ async def show(request: HTTPRequest) -> dict[str, Any]:
         "template": template,
         "details": details(family),
         "model_info": {"general.architecture": family, f"{family}.context_length": n_ctx},
-        "capabilities": ["completion"] + (["insert"] if fim else []) + (["tools"] if tools else []),
+        "capabilities": capabilities,
         "modified_at": now_iso(),
     }
 

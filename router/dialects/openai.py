@@ -358,8 +358,8 @@ def model_entries(request: HTTPRequest) -> list[dict[str, Any]]:
     for spec in router.catalog.models:
         caps = router.capabilities(spec)
         entries.append({"id": spec.id, "object": "model", "created": created, "owned_by": "router",
-                        "capabilities": ["completion"] + (["insert"] if caps.fim else [])
-                        + (["tools"] if caps.tools is not False else [])})
+                        "capabilities": ["embedding"] if spec.embedding else ["completion"]
+                        + (["insert"] if caps.fim else []) + (["tools"] if caps.tools is not False else [])})
     return entries
 
 
