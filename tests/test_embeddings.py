@@ -266,3 +266,15 @@ def test_an_upstream_embedding_model_is_forwarded_to_its_v1_embeddings(server, t
         with pytest.raises(openai.BadRequestError) as caught:  # the upstream's 400 keeps its meaning
             client.embeddings.create(model="far-embed", input="word " * 400)
         assert caught.value.code == "context_length_exceeded"
+
+
+@pytest.mark.parametrize(("fields", "needle"), [
+    ({"embedding": True, "labels": ["chat"]}, "serves no labels"),
+    ({"pooling": "mean"}, "embedding models only"),
+    ({"embedding": True, "pooling": "max"}, "pooling"),
+])
+def test_the_catalog_refuses_embedding_fields_that_cannot_work(embed_gguf, fields, needle):
+    from models.catalog import CatalogError
+
+    with pytest.raises(CatalogError, match=needle):
+        catalog_from_data({"models": [local("m", embed_gguf, **fields)]})
