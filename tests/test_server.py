@@ -177,7 +177,7 @@ def test_openai_models_lists_auto_labels_and_models(oai):
 
 def test_openai_unknown_model_is_404_never_a_fallback(oai):
     with pytest.raises(openai.NotFoundError) as caught:
-        oai.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        oai.chat.completions.create(model="mistral-large", messages=[{"role": "user", "content": "hi"}])
     assert caught.value.code == "model_not_found"
     assert caught.value.body["param"] == "model"
 

@@ -52,11 +52,8 @@ class Block(BaseModel):
     name: str | None = None
     input: Any = None
     tool_use_id: str | None = None
-    content: str | list[Block] | None = None
+    content: str | list[dict[str, Any]] | None = None  # a tool_result's (not recursive: OpenAPI inlines schemas)
     is_error: bool | None = None
-
-
-Block.model_rebuild()
 
 
 class AnthropicMessage(BaseModel):
@@ -194,10 +191,10 @@ def result_text(block: Block, at: str) -> str:
         return block.content or ""
     texts = []
     for k, inner in enumerate(block.content):
-        if inner.type != "text":
-            raise UnsupportedParameter(f"Tool results may hold text only (got `{inner.type}`).",
+        if inner.get("type") != "text" or not isinstance(inner.get("text", ""), str):
+            raise UnsupportedParameter(f"Tool results may hold text blocks only (got `{inner.get('type')}`).",
                                        param=f"{at}.content[{k}].type")
-        texts.append(inner.text or "")
+        texts.append(inner.get("text", ""))
     return "\n".join(texts)
 
 
