@@ -12,12 +12,13 @@ from pydantic import BaseModel
 
 from models.errors import InvalidRequest
 from models.request import Request
-from router.dialects import llamacpp, ollama, openai
+from router.dialects import llamacpp, ollama, openai, responses
 from router.dialects.body import parse_data
 
 BODY_MODELS: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": openai.ChatRequest,
     "/v1/completions": openai.CompletionRequest,
+    "/v1/responses": responses.ResponsesRequest,
     "/infill": llamacpp.InfillRequest,
     "/completion": llamacpp.LlamaCompletionRequest,
     "/api/generate": ollama.GenerateRequest,
