@@ -311,3 +311,12 @@ def test_recorded_claude_code_requests_parse(name):
         (call,) = [c for m in request.messages for c in m.tool_calls]
         (result,) = [r for m in request.messages for r in m.tool_results]
         assert result.call_id == call.id
+
+
+def test_v1_route_reads_a_messages_body(server):
+    body = {"model": "claude-opus-4-5", "max_tokens": 5, "messages": ASK, "tools": TOOLS}
+    decision = httpx.post(server.url + "/v1/route", json={"endpoint": "/v1/messages", "body": body},
+                          headers={"x-api-key": KEY})
+    assert decision.status_code == 200, decision.text
+    assert decision.json()["endpoint"] == "/v1/messages"
+    assert "matches alias `claude-*`" in decision.json()["reasons"][0]

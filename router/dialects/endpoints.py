@@ -12,13 +12,14 @@ from pydantic import BaseModel
 
 from models.errors import InvalidRequest
 from models.request import Request
-from router.dialects import llamacpp, ollama, openai, responses
+from router.dialects import anthropic, llamacpp, ollama, openai, responses
 from router.dialects.body import parse_data
 
 BODY_MODELS: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": openai.ChatRequest,
     "/v1/completions": openai.CompletionRequest,
     "/v1/responses": responses.ResponsesRequest,
+    "/v1/messages": anthropic.MessagesRequest,
     "/infill": llamacpp.InfillRequest,
     "/completion": llamacpp.LlamaCompletionRequest,
     "/api/generate": ollama.GenerateRequest,
