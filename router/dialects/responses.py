@@ -346,6 +346,8 @@ class ResponsesRequest(BaseModel):
         call_names: dict[str, str] = {}
         for i, raw in enumerate(self.items):
             kind = raw.get("type", "message" if "role" in raw else None)
+            if kind is not None and not isinstance(kind, str):
+                raise InvalidRequest(f"`input[{i}].type` must be a string.", param=f"input[{i}].type")
             if kind == "message":
                 message = validate_item(MessageItem, raw, i)
                 role = "system" if message.role == "developer" else message.role
