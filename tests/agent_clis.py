@@ -214,15 +214,19 @@ CLAUDE_CODING_TOOLS = ("Bash", "Read", "Write", "Edit")
 
 def claude_invocation(exe: Path, *, base_url: str, task: str, workdir: Path, home: Path,
                       tools: tuple[str, ...] | None = CLAUDE_CODING_TOOLS, max_turns: int | None = None,
-                      api_timeout_s: float = 1200) -> Invocation:
+                      api_timeout_s: float = 1200, model: str | None = None,
+                      max_output_tokens: int | None = None) -> Invocation:
     """`claude -p TASK --permission-mode acceptEdits` against the router's Anthropic dialect.
 
-    No `--model`: Claude Code asks for its own default (`claude-opus-…`), which the router's
-    `model_aliases` must map. Auth is ANTHROPIC_AUTH_TOKEN (sent as a bearer token) with
+    With `model` None there is no `--model`: Claude Code asks for its own default
+    (`claude-opus-…`), which the router's `model_aliases` must map. Auth is ANTHROPIC_AUTH_TOKEN (sent as a bearer token) with
     ANTHROPIC_API_KEY empty; CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC stops its calls home and its
     title request. `--permission-mode acceptEdits` lets it write files (as root it refuses
     `--dangerously-skip-permissions`). `tools` goes to `--tools` (None: its full default set);
-    `max_turns` to `--max-turns` (it then exits 1 with "Reached max turns")."""
+    `max_turns` to `--max-turns` (it then exits 1 with "Reached max turns"); `max_output_tokens`
+    to CLAUDE_CODE_MAX_OUTPUT_TOKENS, its request's `max_tokens` (default 64000: a small model
+    that never stops generates until the context is full, and parallel tool calls all land in one
+    turn, which --max-turns does not bound)."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = isolated_home_env(home)
     env.update({
@@ -237,19 +241,29 @@ def claude_invocation(exe: Path, *, base_url: str, task: str, workdir: Path, hom
         # prefill, and a timed-out request is retried from scratch.
         "API_TIMEOUT_MS": str(int(api_timeout_s * 1000)),
     })
+    if max_output_tokens is not None:
+        env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(max_output_tokens)
     argv = [str(exe), "-p", task, "--permission-mode", "acceptEdits"]
     if tools is not None:
         argv += ["--tools", ",".join(tools)]
     if max_turns is not None:
         argv += ["--max-turns", str(max_turns)]
+    if model is not None:
+        argv += ["--model", model]
     return Invocation(argv, env, workdir)
 
 
 CODEX_PROVIDER = "route"
 
 
+# Codex features the tests may turn off: its sub-agent tools (a `multi_agent_v1` namespace of six
+# functions) and goal tools are ~3.3k of the ~8.5k tokens of a first turn.
+CODEX_SMALL_FEATURES = {"multi_agent": False, "goals": False}
+
+
 def codex_invocation(exe: Path, *, base_url: str, model: str | None, task: str, workdir: Path, home: Path,
-                     oss: bool = False, stream_idle_timeout_s: float = 1200) -> Invocation:
+                     oss: bool = False, stream_idle_timeout_s: float = 1200,
+                     features: dict[str, bool] | None = None) -> Invocation:
     """`codex exec --skip-git-repo-check --dangerously-bypass-approvals-and-sandbox TASK` with a
     CODEX_HOME (under `home`) whose config.toml points a `wire_api = "responses"` provider at the
     router's /v1 and turns update checks, plugins, analytics and feedback off.
@@ -259,7 +273,8 @@ def codex_invocation(exe: Path, *, base_url: str, model: str | None, task: str, 
     /api/version (refusing an Ollama older than 0.13.4) and /api/tags, and pulls (POST /api/pull)
     a model /api/tags does not list; its default model is `gpt-oss:20b`, so pass `model`.
     `model=None` leaves `model` out of config.toml: Codex then uses its bundled default slug
-    (gpt-…) and sends another request shape (no top-level tools; tests/data/agent_requests)."""
+    (gpt-…) and sends another request shape (no top-level tools; tests/data/agent_requests).
+    `features` adds `[features]` flags (e.g. CODEX_SMALL_FEATURES)."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = isolated_home_env(home)
     codex_home = home / ".codex"
@@ -288,6 +303,7 @@ def codex_invocation(exe: Path, *, base_url: str, model: str | None, task: str, 
         "[features]",
         "plugins = false",  # otherwise it contacts code hosting sites at start
         "remote_plugin = false",
+        *(f"{name} = {str(on).lower()}" for name, on in (features or {}).items()),
         "",
         "[analytics]",
         "enabled = false",
@@ -351,6 +367,12 @@ PROTOCOL_ERROR_PATTERNS = [
     r"error sending request", r"Reconnecting\.\.\. \d", r"OSS setup failed",
 ]
 _PROTOCOL_RE = re.compile("|".join(f"(?:{p})" for p in PROTOCOL_ERROR_PATTERNS), re.IGNORECASE)
+# Lines that match a pattern above but are about the model's work, not the wire: Codex checks a
+# call's arguments against the tool's types and hands the model "failed to parse function
+# arguments: invalid type: map, expected a boolean" as the call's output (Qwen 0.5B wrote an
+# object for spawn_agent's boolean `fork_context`, in a bare-JSON call no grammar constrained).
+NOT_PROTOCOL_PATTERNS = [r"failed to parse function arguments"]
+_NOT_PROTOCOL_RE = re.compile("|".join(f"(?:{p})" for p in NOT_PROTOCOL_PATTERNS), re.IGNORECASE)
 
 
 def protocol_errors(*texts: str) -> list[str]:
@@ -358,7 +380,7 @@ def protocol_errors(*texts: str) -> list[str]:
     hits = []
     for text in texts:
         for line in text.splitlines():
-            if _PROTOCOL_RE.search(line):
+            if _PROTOCOL_RE.search(line) and not _NOT_PROTOCOL_RE.search(line):
                 hits.append(line.strip()[:400])
     return hits[:20]
 
@@ -380,6 +402,7 @@ class TappedRequest:
     tool_calls: list[str] = field(default_factory=list)  # names of the tool calls in the answer
     query: str = ""
     tool_call_ids: list[str] = field(default_factory=list)  # ids of the answer's tool calls
+    tool_args: list[str] = field(default_factory=list)  # their arguments as sent (cut to 300 chars)
     tool_results: list[str] = field(default_factory=list)  # ids the request's tool results answer
     text: str = ""  # the answer's assistant text (all text blocks / deltas / output_text joined)
     seconds: float | None = None  # from the request's arrival to the answer's last byte
@@ -699,6 +722,7 @@ class RequestTap:
                 docs = []
             docs = [d for d in docs if isinstance(d, dict)]
         parts: list[str] = []
+        partial_json: dict[Any, str] = {}  # Anthropic tool_use input, per open block
         for doc in docs:
             for choice in doc.get("choices") or []:  # OpenAI chat
                 if choice.get("finish_reason"):
@@ -712,6 +736,8 @@ class RequestTap:
                         entry.tool_calls.append(name)
                     if call.get("id"):
                         entry.tool_call_ids.append(call["id"])
+                    if (call.get("function") or {}).get("arguments"):
+                        entry.tool_args.append(str(call["function"]["arguments"])[:300])
             kind = doc.get("type")
             blocks = []
             if kind == "message":  # Anthropic, whole
@@ -722,12 +748,19 @@ class RequestTap:
                 blocks = [doc.get("content_block") or {}]
             elif kind == "content_block_delta" and (doc.get("delta") or {}).get("type") == "text_delta":
                 parts.append(doc["delta"].get("text") or "")
+            elif kind == "content_block_delta" and (doc.get("delta") or {}).get("type") == "input_json_delta":
+                partial_json[doc.get("index")] = partial_json.get(doc.get("index"), "") + (
+                    doc["delta"].get("partial_json") or "")
+            elif kind == "content_block_stop" and doc.get("index") in partial_json:
+                entry.tool_args.append(partial_json.pop(doc.get("index"))[:300])
             elif kind == "message_delta" and (doc.get("delta") or {}).get("stop_reason"):
                 entry.finish_reasons.append(doc["delta"]["stop_reason"])
             for block in blocks:
                 if block.get("type") == "tool_use":
                     entry.tool_calls.append(str(block.get("name")))
                     entry.tool_call_ids.append(str(block.get("id")))
+                    if kind == "message":
+                        entry.tool_args.append(json.dumps(block.get("input"))[:300])
                 elif block.get("type") == "text" and block.get("text"):
                     parts.append(block["text"])
             items = []
@@ -740,8 +773,10 @@ class RequestTap:
                 entry.finish_reasons.append(str((doc.get("response") or {}).get("status")))
             for item in items:
                 if item.get("type") in ("function_call", "custom_tool_call"):
-                    entry.tool_calls.append(str(item.get("name")))
+                    name = f"{item['namespace']}.{item.get('name')}" if item.get("namespace") else item.get("name")
+                    entry.tool_calls.append(str(name))
                     entry.tool_call_ids.append(str(item.get("call_id")))
+                    entry.tool_args.append(str(item.get("arguments", item.get("input")))[:300])
                 elif item.get("type") == "message":
                     parts += [c.get("text") or "" for c in item.get("content") or [] if isinstance(c, dict)]
         entry.text = "".join(parts)

@@ -89,6 +89,7 @@ def test_a_well_formed_anthropic_stream_passes_and_is_read(tool):
     assert entry.text == "Writing."
     assert entry.tool_calls == (["Write"] if tool else [])
     assert entry.tool_call_ids == (["toolu_1"] if tool else [])
+    assert entry.tool_args == (['{"file_path": "hello.py", "content": "print(1)"}'] if tool else [])
     assert entry.finish_reasons == ["tool_use" if tool else "end_turn"]
 
 
@@ -98,6 +99,7 @@ def test_a_well_formed_responses_stream_passes_and_is_read(tool):
     assert responses_stream_problems(entry.events) == []
     assert entry.text == "Done."
     assert entry.tool_call_ids == (["call_1"] if tool else [])
+    assert entry.tool_args == (['{"cmd": "ls"}'] if tool else [])
     assert entry.finish_reasons == ["completed"]
 
 
