@@ -406,6 +406,8 @@ class TappedRequest:
     tool_results: list[str] = field(default_factory=list)  # ids the request's tool results answer
     text: str = ""  # the answer's assistant text (all text blocks / deltas / output_text joined)
     seconds: float | None = None  # from the request's arrival to the answer's last byte
+    first_byte_s: float | None = None  # from the request's arrival to the answer's first body bytes
+    max_gap_s: float | None = None  # the longest silence between two body chunks of the answer
     events: list[dict] = field(default_factory=list)  # SSE answers: [{"event": name or None, "data": doc}]
 
     def summary(self) -> dict[str, Any]:
@@ -650,6 +652,7 @@ class RequestTap:
         body = bytearray()
         error = bytearray()
         answer = bytearray()
+        last_chunk: list[float] = []  # when the last non-empty body chunk went out
 
         async def tapped_receive() -> dict:
             message = await receive()
@@ -669,6 +672,13 @@ class RequestTap:
                     entry.error_body = error.decode("utf-8", "replace")
                     entry.seconds = round(time.monotonic() - started, 2)
             elif message["type"] == "http.response.body":
+                now = time.monotonic()
+                if message.get("body"):
+                    if entry.first_byte_s is None:
+                        entry.first_byte_s = round(now - started, 2)
+                    elif last_chunk:
+                        entry.max_gap_s = round(max(entry.max_gap_s or 0.0, now - last_chunk[0]), 2)
+                    last_chunk[:] = [now]
                 if len(answer) < self.max_answer:
                     answer.extend(message.get("body", b""))
                 if not message.get("more_body"):
