@@ -78,6 +78,33 @@ def relaxed(schema: Any) -> Any:
             for k, v in schema.items() if k not in UNENFORCED}
 
 
+# Keywords that describe a value without constraining it: a subschema holding only these (or
+# nothing) accepts any JSON value. Claude Code's Workflow tool has such a property (`args`).
+ANNOTATIONS = frozenset({"description", "title", "default", "examples", "$comment", "deprecated", "readOnly",
+                         "writeOnly", "$schema", "$id"})
+ANY_VALUE: dict[str, Any] = {"type": ["string", "number", "boolean", "object", "array", "null"]}
+
+
+def untyped_as_any(schema: Any, root: bool = True) -> Any:
+    """`schema` with every annotation-only subschema spelled as "any JSON value": llama-cpp-python's
+    converter reads `{}` as an object and refuses `{"description": ...}` ("Unrecognized schema")."""
+    if isinstance(schema, list):
+        return [untyped_as_any(s, root=False) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if not root and set(schema) <= ANNOTATIONS:
+        return {**schema, **ANY_VALUE}
+    out = {}
+    for key, value in schema.items():
+        if key in _SUBSCHEMA_KEYS or key in _SUBSCHEMA_LISTS:
+            out[key] = untyped_as_any(value, root=False)
+        elif key in _SUBSCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: untyped_as_any(sub, root=False) for name, sub in value.items()}
+        else:
+            out[key] = value
+    return out
+
+
 class GrammarBuilder:
     """Rules from several schemas (and hand-written wrappers) in one GBNF text."""
 
@@ -88,7 +115,7 @@ class GrammarBuilder:
         """Add `schema`'s rules under `name`; returns the rule name. Raises InvalidRequest on a schema it cannot read."""
         conv = self._converter
         try:
-            resolved = conv.resolve_refs(json.loads(json.dumps(schema)), f"{name}.json")
+            resolved = conv.resolve_refs(untyped_as_any(json.loads(json.dumps(schema))), f"{name}.json")
             return conv.visit(resolved, name)
         except (AssertionError, KeyError, TypeError, ValueError, IndexError, RecursionError) as exc:
             raise InvalidRequest(f"`{param}`: the JSON Schema cannot be turned into a grammar ({exc or type(exc).__name__}).",

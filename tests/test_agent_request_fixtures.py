@@ -32,12 +32,6 @@ def server(qwen_gguf, tmp_path_factory):
             yield srv
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the router refuses Claude Code's `Workflow` tool: its `args` property is a schema with only a "
-    "description (any value), which llama-cpp-python's SchemaConverter rejects as 'Unrecognized schema', "
-    "and models/grammar.py turns that into a 400 for the whole request (`claude` with its default tools "
-    "prints 'API Error: 400 `tools[22].function.parameters`: the JSON Schema cannot be turned into a grammar'). "
-    "Remove this marker once such a property is read as 'any JSON value'."))
 @pytest.mark.parametrize("name", ["claude_code_messages", "claude_code_messages_turn2"])
 def test_claude_codes_default_tool_set_is_accepted(server, name):
     body = json.loads((DATA / f"{name}.json").read_text())

@@ -320,3 +320,13 @@ def test_v1_route_reads_a_messages_body(server):
     assert decision.status_code == 200, decision.text
     assert decision.json()["endpoint"] == "/v1/messages"
     assert "matches alias `claude-*`" in decision.json()["reasons"][0]
+
+
+def test_a_tool_property_with_only_a_description_takes_any_value(client):
+    """Claude Code's Workflow tool declares `args` with a description and no type: any JSON value."""
+    schema = {"type": "object", "properties": {"args": {"description": "anything, verbatim"}, "n": {}},
+              "required": ["args", "n"]}
+    message = create(client, tools=[{"name": "Workflow", "input_schema": schema}],
+                     tool_choice={"type": "tool", "name": "Workflow"}, extra_body={"temperature": 0})
+    (use,) = [b for b in message.content if b.type == "tool_use"]
+    assert set(use.input) == {"args", "n"}
