@@ -31,7 +31,7 @@ from models.events import Finish, ToolCallDelta, ToolCallStart, Usage
 from models.request import ToolCall, ToolResult
 from router.app import create_app
 from router.dialects.body import parse_data
-from router.dialects.responses import ResponsesFormat, ResponsesRequest
+from router.dialects.responses import InputStreamer, ResponsesFormat, ResponsesRequest
 from router.settings import Settings
 from router.streaming import CallCollector, GenerationFailed, Outcome
 
@@ -294,17 +294,21 @@ def test_namespace_tools_are_called_back_with_name_and_namespace(oai, server):
 
 
 def test_custom_tools_are_answered_with_a_custom_tool_call_of_raw_input(oai, server):
-    """Random weights never close a free string, so the call is cut by the limit: incomplete, yet unwrapped."""
+    """Random weights never close a free string, so the call is cut by the limit: incomplete, yet unwrapped,
+    and streamed as it comes (Codex waits at most 300 s for an event)."""
     events = check_numbering(raw_stream(server, {"input": "patch it", "tools": [PATCH],
                                                  "tool_choice": {"type": "custom", "name": "apply_patch"}}))
     types = [e["type"] for e in events]
+    n = types.count("response.custom_tool_call_input.delta")
+    assert n > 10
     assert types == ["response.created", "response.in_progress", "response.output_item.added",
-                     "response.custom_tool_call_input.delta", "response.custom_tool_call_input.done",
+                     *["response.custom_tool_call_input.delta"] * n, "response.custom_tool_call_input.done",
                      "response.output_item.done", "response.completed"]
-    added, done = events[2]["item"], events[5]["item"]
+    added, done = events[2]["item"], events[-2]["item"]
     assert added["type"] == done["type"] == "custom_tool_call" and added["input"] == "" and added["id"].startswith("ctc_")
     assert (done["name"], done["status"], done["call_id"]) == ("apply_patch", "incomplete", added["call_id"])
-    assert events[3]["delta"] == events[4]["input"] == done["input"] and '"input"' not in done["input"]
+    streamed = "".join(e["delta"] for e in events if e["type"] == "response.custom_tool_call_input.delta")
+    assert streamed == events[-3]["input"] == done["input"] and '"input"' not in done["input"]
     history = [{"role": "user", "content": "patch it"},
                {"type": "custom_tool_call", "call_id": "c1", "name": "apply_patch", "input": "*** Begin Patch"},
                {"type": "custom_tool_call_output", "call_id": "c1", "output": "Done"},
@@ -504,6 +508,7 @@ def test_the_sdk_accumulates_the_format_into_the_final_response():
     frames = [json.loads(line[len("data: "):]) for line in b"".join(out[1:]).decode().split("\n")
               if line.startswith("data: ")]
     assert [f["sequence_number"] for f in frames] == list(range(len(frames)))  # the probe took no number
+    assert [f["delta"] for f in frames if f["type"] == "response.custom_tool_call_input.delta"] == ["*** Begin", " Patch"]
     state = ResponseStreamState(input_tools=tools, text_format=openai.omit)
     for frame in frames:
         state.handle_event(sdk_event(frame))
@@ -519,6 +524,14 @@ def test_the_sdk_accumulates_the_format_into_the_final_response():
                               "output_tokens": 7,
                               "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 19}
     assert sum(f["type"] == "response.in_progress" for f in frames) == 2  # head's, and one keep-alive
+
+
+def test_a_custom_input_is_unwrapped_as_its_json_arrives():
+    streamer = InputStreamer()
+    pieces = ['{"input"', ' : "a\\', 'nb \\u00', 'e9 \\ud83d', '\\ude00 q\\"', 'z"}', " "]
+    assert [streamer.feed(p) for p in pieces] == ["", "a", "\nb ", "é ", "😀 q\"", "z", ""]
+    assert streamer.text == json.loads("".join(pieces))["input"]
+    assert InputStreamer().feed('{"other": 1}') == ""  # not the shape asked for: the whole text comes at the end
 
 
 def test_the_body_holds_the_same_items():

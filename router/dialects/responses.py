@@ -464,6 +464,48 @@ def custom_input(arguments: str) -> str:
     return arguments
 
 
+class InputStreamer:
+    """The text of a custom call's `input` as the model's {"input": "..."} for it arrives, piece by piece.
+
+    Why: a patch can take minutes to generate on a CPU, and Codex gives up after 300 s without an event.
+    Each piece is decoded once, up to the last whole escape (a surrogate pair waits for its second half).
+    """
+
+    OPENING = re.compile(r'\s*\{\s*"input"\s*:\s*"')
+
+    def __init__(self) -> None:
+        self.raw = ""
+        self.text = ""  # what was streamed so far
+        self._at: int | None = None  # where the undecoded rest of the string starts in `raw`
+        self._ended = False
+
+    def feed(self, piece: str) -> str:
+        self.raw += piece
+        if self._at is None:
+            opening = self.OPENING.match(self.raw)
+            if opening is None:
+                return ""
+            self._at = opening.end()
+        if self._ended:
+            return ""
+        raw, start, i = self.raw, self._at, self._at
+        while i < len(raw) and raw[i] != '"':
+            if raw[i] != "\\":
+                i += 1
+                continue
+            size = 6 if raw[i + 1:i + 2] == "u" else 2
+            if size == 6 and "d800" <= raw[i + 2:i + 6].lower() <= "dbff":
+                size = 12  # a high surrogate: decoded with the low one after it
+            if i + size > len(raw):
+                break
+            i += size
+        self._ended = i < len(raw) and raw[i] == '"'
+        self._at = i
+        new = json.loads('"' + raw[start:i] + '"', strict=False) if i > start else ""
+        self.text += new
+        return new
+
+
 def status_of(finish: Finish) -> tuple[str, dict[str, str] | None]:
     """The response status (and incomplete_details) a generation's end gives."""
     if finish.reason == "length":
@@ -477,9 +519,16 @@ class OpenItem:
 
     item: dict[str, Any]
     index: int
+    kind: str  # the delta event's type
     pieces: list[str] = field(default_factory=list)
-    delta_head: str = ""  # the delta event's JSON around the piece, fixed for the item
-    delta_mid: str = ""
+    streamer: InputStreamer | None = None  # custom calls: their input, unwrapped as it comes
+
+    def __post_init__(self) -> None:
+        # The delta event's JSON around the text, fixed for the item: the per-token work is one json_str.
+        part = ',"content_index":0' if self.item["type"] == "message" else ""
+        self.delta_head = f'event: {self.kind}\ndata: {{"type":"{self.kind}","sequence_number":'
+        self.delta_mid = f',"item_id":"{self.item["id"]}","output_index":{self.index}{part},"delta":'
+        self.delta_tail = ',"logprobs":[]}\n\n' if self.item["type"] == "message" else "}\n\n"
 
 
 class ResponsesFormat:
@@ -548,24 +597,20 @@ class ResponsesFormat:
                 return b""
             text, self._space = self._space + text, ""
             out = self._close("completed") + self._open_message()
+        self._open.pieces.append(text)  # type: ignore[union-attr]
         return (out + self._delta(text)).encode()
 
-    def _delta(self, piece: str) -> str:
-        """The open item's delta event for `piece`: the per-token work, one json_str."""
+    def _delta(self, text: str) -> str:
         item = self._open
         assert item is not None
-        item.pieces.append(piece)
         seq = self._seq
         self._seq += 1
-        tail = ',"logprobs":[]}\n\n' if item.item["type"] == "message" else "}\n\n"
-        return item.delta_head + str(seq) + item.delta_mid + json_str(piece) + tail
+        return item.delta_head + str(seq) + item.delta_mid + json_str(text) + item.delta_tail
 
     def _open_message(self) -> str:
         index = len(self._items)
         item = message_item(new_id("msg"), "in_progress", None)
-        kind = "response.output_text.delta"
-        self._open = OpenItem(item, index, delta_head=f'event: {kind}\ndata: {{"type":"{kind}","sequence_number":',
-                              delta_mid=f',"item_id":"{item["id"]}","output_index":{index},"content_index":0,"delta":')
+        self._open = OpenItem(item, index, "response.output_text.delta")
         self._items.append(item)
         return (self._event("response.output_item.added", {"output_index": index, "item": item})
                 + self._event("response.content_part.added", {"item_id": item["id"], "output_index": index,
@@ -576,9 +621,10 @@ class ResponsesFormat:
         out = self._close("completed")
         index = len(self._items)
         item = self._call_item(event.id, event.name, "", "in_progress")
-        kind = "response.function_call_arguments.delta"
-        self._open = OpenItem(item, index, delta_head=f'event: {kind}\ndata: {{"type":"{kind}","sequence_number":',
-                              delta_mid=f',"item_id":"{item["id"]}","output_index":{index},"delta":')
+        if item["type"] == "custom_tool_call":
+            self._open = OpenItem(item, index, "response.custom_tool_call_input.delta", streamer=InputStreamer())
+        else:
+            self._open = OpenItem(item, index, "response.function_call_arguments.delta")
         self._items.append(item)
         return (out + self._event("response.output_item.added", {"output_index": index, "item": item})).encode()
 
@@ -586,10 +632,9 @@ class ResponsesFormat:
         """Arguments of the open call (calls stream one after another, each after its start)."""
         item = self._open
         assert item is not None and item.item["type"] != "message"
-        if item.item["type"] == "custom_tool_call":
-            item.pieces.append(event.arguments)
-            return b""  # its raw input is unwrapped from the JSON once whole
-        return self._delta(event.arguments).encode()
+        item.pieces.append(event.arguments)
+        text = item.streamer.feed(event.arguments) if item.streamer is not None else event.arguments
+        return self._delta(text).encode() if text else b""
 
     def _close(self, status: str) -> str:
         """The .done events of the open item, which takes its final form in the output."""
@@ -605,8 +650,10 @@ class ResponsesFormat:
                    + self._event("response.content_part.done", {**where, "content_index": 0, "part": text_part(whole)}))
         elif item["type"] == "custom_tool_call":
             item["input"] = custom_input(whole)
-            out = (self._event("response.custom_tool_call_input.delta", {**where, "delta": item["input"]})
-                   + self._event("response.custom_tool_call_input.done", {**where, "input": item["input"]}))
+            streamed = open_item.streamer.text if open_item.streamer is not None else ""
+            rest = item["input"][len(streamed):] if item["input"].startswith(streamed) else ""
+            out = self._event("response.custom_tool_call_input.delta", {**where, "delta": rest}) if rest else ""
+            out += self._event("response.custom_tool_call_input.done", {**where, "input": item["input"]})
         else:
             item["arguments"] = whole
             out = self._event("response.function_call_arguments.done",
@@ -618,7 +665,9 @@ class ResponsesFormat:
         status, incomplete = status_of(finish)
         out = ""
         if self._space and not self._items:  # the whole answer was whitespace: still an answer
-            out = self._open_message() + self._delta(self._space)
+            out = self._open_message()
+            self._open.pieces.append(self._space)  # type: ignore[union-attr]
+            out += self._delta(self._space)
         out += self._close("incomplete" if incomplete else "completed")
         response = self._response(status, usage=response_usage(finish.usage), incomplete_details=incomplete)
         return (out + self._event("response.completed", {"response": response})).encode()
