@@ -97,29 +97,8 @@ class LlamaBackend:
         self.model_id: str = spec.id
         self.weights_path = Path(weights_path)
         started = time.perf_counter()
-        if not self.weights_path.is_file():
-            raise ModelLoadFailed(
-                f"Model {self.model_id!r} cannot load: its GGUF file {self.weights_path} does not exist.",
-                model=self.model_id,
-            )
         n_ctx = spec.n_ctx
-        try:
-            self._llm = llama_cpp.Llama(
-                str(self.weights_path),
-                n_ctx=n_ctx,
-                n_batch=min(512, n_ctx),
-                n_gpu_layers=spec.n_gpu_layers,
-                n_threads=options.n_threads,
-                n_threads_batch=options.n_threads_batch,
-                use_mmap=options.use_mmap,
-                verbose=False,
-            )
-        except Exception as exc:  # llama.cpp only says "failed to load"; find out why
-            defuse_half_built(exc)
-            cause = diagnose_gguf(self.weights_path) or f"llama.cpp refused it ({exc})"
-            raise ModelLoadFailed(
-                f"Model {self.model_id!r} failed to load from {self.weights_path}: {cause}", model=self.model_id
-            ) from exc
+        self._llm = open_gguf(spec, self.weights_path, options, n_batch=min(512, n_ctx))
         self.load_ms = (time.perf_counter() - started) * 1000.0
         llm = self._llm
         self.n_ctx: int = llm.n_ctx()
@@ -611,6 +590,22 @@ def _trim_fim(runs: list[tuple[Piece, list[int]]], budget: int) -> tuple[list[tu
             ids = ids[:take_suf]
         out.append((p, ids))
     return out, True
+
+
+def open_gguf(spec: ModelSpec, weights_path: Path, options: BackendOptions, **kwargs: Any) -> llama_cpp.Llama:
+    """`weights_path` loaded by llama-cpp-python with the spec's context and the options' threads;
+    ModelLoadFailed says why when it cannot (llama.cpp itself only says "failed to load")."""
+    if not weights_path.is_file():
+        raise ModelLoadFailed(f"Model {spec.id!r} cannot load: its GGUF file {weights_path} does not exist.",
+                              model=spec.id)
+    try:
+        return llama_cpp.Llama(str(weights_path), n_ctx=spec.n_ctx, n_gpu_layers=spec.n_gpu_layers,
+                               n_threads=options.n_threads, n_threads_batch=options.n_threads_batch,
+                               use_mmap=options.use_mmap, verbose=False, **kwargs)
+    except Exception as exc:
+        defuse_half_built(exc)
+        cause = diagnose_gguf(weights_path) or f"llama.cpp refused it ({exc})"
+        raise ModelLoadFailed(f"Model {spec.id!r} failed to load from {weights_path}: {cause}", model=spec.id) from exc
 
 
 def defuse_half_built(exc: BaseException) -> None:

@@ -21,8 +21,8 @@ from models.capabilities import Capabilities
 from models.catalog import ModelSpec
 from models.errors import ContextLengthExceeded, InvalidRequest, ModelLoadFailed
 from models.events import Embeddings, Event, Finish, Usage
-from models.gguf_header import diagnose_gguf, kv_cache_bytes
-from models.llama_backend import defuse_half_built, route_llama_logs
+from models.gguf_header import kv_cache_bytes
+from models.llama_backend import open_gguf, route_llama_logs
 from models.request import Request
 
 POOLING = {"mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN, "cls": llama_cpp.LLAMA_POOLING_TYPE_CLS,
@@ -40,31 +40,10 @@ class LlamaEmbedder:
         route_llama_logs()
         self.model_id: str = spec.id
         self.weights_path = Path(weights_path)
-        if not self.weights_path.is_file():
-            raise ModelLoadFailed(
-                f"Model {self.model_id!r} cannot load: its GGUF file {self.weights_path} does not exist.",
-                model=self.model_id,
-            )
-        try:
-            self._llm = llama_cpp.Llama(
-                str(self.weights_path),
-                embedding=True,
-                pooling_type=POOLING[spec.pooling] if spec.pooling else llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED,
-                n_ctx=spec.n_ctx,
-                n_batch=spec.n_ctx,
-                n_ubatch=spec.n_ctx,
-                n_gpu_layers=spec.n_gpu_layers,
-                n_threads=options.n_threads,
-                n_threads_batch=options.n_threads_batch,
-                use_mmap=options.use_mmap,
-                verbose=False,
-            )
-        except Exception as exc:  # llama.cpp only says "failed to load"; find out why
-            defuse_half_built(exc)
-            cause = diagnose_gguf(self.weights_path) or f"llama.cpp refused it ({exc})"
-            raise ModelLoadFailed(
-                f"Model {self.model_id!r} failed to load from {self.weights_path}: {cause}", model=self.model_id
-            ) from exc
+        pooling = POOLING[spec.pooling] if spec.pooling else llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED
+        # The whole input goes in one batch: a pooled embedding needs every token in one ubatch.
+        self._llm = open_gguf(spec, self.weights_path, options, embedding=True, pooling_type=pooling,
+                              n_batch=spec.n_ctx, n_ubatch=spec.n_ctx)
         llm = self._llm
         if llm.pooling_type() not in POOLING.values():
             llm.close()
