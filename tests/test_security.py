@@ -1,9 +1,10 @@
 """Who may reach the router and what it will touch: loopback by default, API key, CORS, paths and
 model names, the classifier's trusted types, and secrets kept out of logs.
 
-Policy for /health: it stays open without the API key (liveness probes, llama.vscode's health
-check) and says nothing about models or prompts; every other path, /openapi.json and /metrics
-included, needs `Authorization: Bearer <key>` when a key is configured.
+Policy for /health and /: they stay open without the API key (liveness probes, llama.vscode's
+health check, Claude Code's `HEAD /`) and say nothing about models or prompts; every other path,
+/openapi.json and /metrics included, needs `Authorization: Bearer <key>` (or `x-api-key: <key>`)
+when a key is configured.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ PROTECTED = [
     ("GET", "/props", None),
     ("POST", "/api/generate", {"prompt": "hi", "stream": False, "options": {"num_predict": 2}}),
     ("GET", "/api/tags", None),
-    ("GET", "/", None),
     ("GET", "/openapi.json", None),
+    ("POST", "/v1/messages", {"model": "auto", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}),
 ]
 
 
@@ -61,6 +62,8 @@ def unauthorized_shape(path: str, r: httpx.Response) -> None:
     err = r.json()["error"]
     if path == "/" or path.startswith("/api/"):
         assert isinstance(err, str) and "API key" in err
+    elif path.startswith("/v1/messages"):
+        assert r.json()["type"] == "error" and err["type"] == "authentication_error"
     elif path.startswith("/v1/"):
         assert set(err) == {"message", "type", "param", "code"} and err["code"] == "invalid_api_key"
     else:
@@ -141,6 +144,21 @@ def test_the_auth_scheme_is_case_insensitive_but_the_key_is_not(keyed, scheme):
     assert ok.status_code == 200
     wrong_case_key = httpx.get(keyed.url + "/v1/models", headers={"authorization": f"{scheme} {KEY.swapcase()}"}, timeout=60)
     assert wrong_case_key.status_code == 401
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_the_root_probe_is_open_and_reveals_nothing(keyed, method):
+    """Claude Code's connection check is `HEAD /`, sent without its key; Ollama clients GET / too."""
+    r = httpx.request(method, keyed.url + "/")
+    assert r.status_code == 200
+    assert "tiny" not in r.text and "fim" not in r.text
+
+
+def test_x_api_key_opens_every_dialect_as_bearer_does(keyed):
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert httpx.post(keyed.url + "/v1/chat/completions", json=body, headers={"x-api-key": KEY}).status_code == 200
+    assert httpx.post(keyed.url + "/v1/chat/completions", json=body,
+                      headers={"x-api-key": WRONG_KEY}).status_code == 401
 
 
 def test_health_is_open_and_reveals_nothing(keyed):
