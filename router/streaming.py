@@ -26,7 +26,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from models.errors import Cancelled, RouterError
-from models.events import Event, Finish, TextDelta, ToolCallDelta, ToolCallStart
+from models.events import Embeddings, Event, Finish, TextDelta, ToolCallDelta, ToolCallStart
 from models.pool import Generation
 from router.routing import Route
 
@@ -76,6 +76,7 @@ class Outcome:
     text: str
     finish: Finish
     tool_calls: list[CollectedCall] = field(default_factory=list)
+    vectors: list[list[float]] = field(default_factory=list)  # an embedding request's
 
 
 class ChunkFormat(Protocol):
@@ -197,6 +198,7 @@ async def collect(active: ActiveGeneration) -> Outcome:
     """Run a started generation to its end; mid-generation failure raises GenerationFailed."""
     parts: list[str] = []
     calls = CallCollector()
+    vectors: list[list[float]] = []
     finish: Finish | None = None
     try:
         async for event in active:
@@ -204,6 +206,8 @@ async def collect(active: ActiveGeneration) -> Outcome:
                 parts.append(event.text)
             elif isinstance(event, ToolCallStart | ToolCallDelta):
                 calls.add(event)
+            elif isinstance(event, Embeddings):
+                vectors = event.vectors
             elif isinstance(event, Finish):
                 finish = event
                 break
@@ -213,7 +217,7 @@ async def collect(active: ActiveGeneration) -> Outcome:
     if failed is not None:
         raise failed
     assert finish is not None
-    return Outcome("".join(parts), finish, calls.calls)
+    return Outcome("".join(parts), finish, calls.calls, vectors)
 
 
 class Recorder(Protocol):

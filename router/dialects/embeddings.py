@@ -21,14 +21,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models.errors import Cancelled, InvalidRequest, UnsupportedParameter
-from models.events import Embeddings, Finish
+from models.events import Finish
 from models.request import Request, SamplingParams
 from router.dialects.body import openapi_body, parse
 from router.dialects.ollama import OllamaOptions, keep_alive_hook, parse_keep_alive
 from router.errors import OLLAMA, OPENAI
 from router.routing import Route
 from router.state import state
-from router.streaming import failure_of, start_generation
+from router.streaming import collect, start_generation
 
 
 class OpenAIEmbeddingRequest(BaseModel):
@@ -100,25 +100,12 @@ async def embed(request: HTTPRequest, internal: Request, dialect: str) -> tuple[
     request.state.endpoint, request.state.route = internal.endpoint, route  # for error headers and metrics
     recorder = app_state.metrics.recorder(dialect, internal.endpoint, route.label, route.model_id)
     active = await start_generation(app_state.pool.submit(route.model_id, internal), request)
-    vectors: list[list[float]] = []
-    finish = None
-    try:
-        async for event in active:
-            if isinstance(event, Embeddings):
-                vectors = event.vectors
-            elif isinstance(event, Finish):
-                finish = event
-                break
-    finally:
-        active.close()
-    failed = failure_of(finish)
-    if failed is not None:
-        raise failed
-    assert finish is not None
+    outcome = await collect(active)
+    finish = outcome.finish
     if finish.reason == "cancelled":
         raise Cancelled("The request was cancelled.")
     recorder.finish(finish, 200)
-    return route, vectors, finish
+    return route, outcome.vectors, finish
 
 
 def unit(vector: list[float]) -> np.ndarray:
