@@ -63,8 +63,8 @@ def server(qwen_gguf, tmp_path_factory):
 
 
 def drain(server, timeout_s: float) -> bool:
-    """Wait for the pool to go idle. A chat prompt is evaluated in one llama.cpp call that a
-    disconnect cannot interrupt; stopping the server under it crashes the process at exit."""
+    """Wait for the pool to go idle: a generation the CLI left behind (it stops within one prompt
+    slice once cancelled) must end before the server stops, or llama.cpp can crash the process."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if all(st.generating == 0 and st.queue_depth == 0 for st in app_state(server.real_app).pool.status()):
@@ -82,26 +82,7 @@ def test_agent_cli_runs_a_one_step_task_without_protocol_errors(server, agent, t
     workdir, home = tmp_path / "work", tmp_path / "home"
     extra = {"api_timeout_s": CLI_TIMEOUT_S} if agent == "qwen" else {}
     inv = INVOCATIONS[agent](exe, base_url=server.url, model=MODEL, task=TASK, workdir=workdir, home=home, **extra)
-    first = len(server.tap.requests)
-    run = run_cli(inv, timeout_s=CLI_TIMEOUT_S)
-    started = time.monotonic()
-    drained = drain(server, DRAIN_TIMEOUT_S)
-    drain_s = time.monotonic() - started
-    requests = server.tap.requests[first:]
-
-    hello = workdir / "hello.py"
-    outcome = {
-        "agent": agent, "returncode": run.returncode, "timed_out": run.timed_out, "seconds": round(run.seconds, 1),
-        "hello_py_created": hello.exists(), "hello_py": hello.read_text(errors="replace") if hello.exists() else None,
-        "workdir_files": sorted(p.name for p in workdir.iterdir()),
-        "protocol_errors": protocol_errors(run.stdout, run.stderr),
-        "requests": [r.summary() for r in requests],
-        "npm_used_at_run_time": (home / ".npm").exists(),
-        "router_busy_after_exit_s": round(drain_s, 1), "router_drained": drained,
-        "stdout_tail": run.stdout[-2000:], "stderr_tail": run.stderr[-2000:],
-    }
-    (tmp_path / "agent-outcome.json").write_text(json.dumps(outcome, indent=2))
-    print(f"\n=== {agent} outcome ({tmp_path / 'agent-outcome.json'}) ===\n{json.dumps(outcome, indent=2)}")
+    run, requests, outcome = run_agent(server, agent, inv, tmp_path, workdir, home)
 
     failed = [r.summary() for r in requests if (r.status or 0) >= 400]
     assert not run.timed_out, f"{agent} did not finish in {CLI_TIMEOUT_S} s"
