@@ -122,6 +122,11 @@ class TextOnly:
         raise GenerationFailed("A tool call reached an endpoint that cannot carry one.")
 
 
+def sse_event(name: str, data: dict[str, Any]) -> str:
+    """A named SSE event (`event:` + `data:`), as the Anthropic and Responses streams write them."""
+    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
 def json_str(text: str) -> str:
     """A JSON string literal: the only per-token serialisation work."""
     return json.dumps(text, ensure_ascii=False)

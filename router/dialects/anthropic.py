@@ -30,7 +30,7 @@ from router.dialects.sampling import MAX_TOKENS_LIMIT, sampling_params, stop_tup
 from router.dialects.tools import FunctionDefinition, ToolSpec, internal_tools
 from router.errors import ANTHROPIC, error_body
 from router.state import state
-from router.streaming import SSE, Outcome
+from router.streaming import SSE, Outcome, sse_event
 
 log = logging.getLogger("router.anthropic")
 
@@ -232,7 +232,7 @@ def usage(u: Usage) -> dict[str, int]:
 
 
 def event(name: str, data: dict[str, Any]) -> bytes:
-    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+    return sse_event(name, data).encode()
 
 
 class AnthropicFormat:

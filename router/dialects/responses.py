@@ -35,7 +35,7 @@ from router.dialects.dispatch import answer, route_request
 from router.dialects.sampling import MAX_TOKENS_LIMIT, sampling_params
 from router.dialects.tools import FunctionDefinition, ToolSpec, internal_tool_choice, internal_tools
 from router.errors import OPENAI, from_validation_errors
-from router.streaming import SSE, Outcome, json_str
+from router.streaming import SSE, Outcome, json_str, sse_event
 
 log = logging.getLogger("router.dialects.responses")
 
@@ -568,7 +568,7 @@ class ResponsesFormat:
     def _event(self, kind: str, fields: dict[str, Any]) -> str:
         data = {"type": kind, "sequence_number": self._seq, **fields}
         self._seq += 1
-        return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+        return sse_event(kind, data)
 
     def _response(self, status: str, **fields: Any) -> dict[str, Any]:
         return {**self._base, "status": status, "output": list(self._items), **fields}
