@@ -391,6 +391,16 @@ class Pool:
             e = self._entries.get(model_id)
             return e.backend if e is not None and e.state == "loaded" else None
 
+    def count_prompt_tokens(self, model_id: str, request: Request) -> int:
+        """The request's prompt as the model would see it (its template, its tokenizer), counted:
+        Anthropic's count_tokens. Loads the model if it is not loaded (unpinned)."""
+        self.preload(model_id, pin=False)
+        backend = self.backend(model_id)
+        if backend is None:  # evicted again between the load and now
+            raise ModelLoadFailed(f"Model {model_id!r} was unloaded before its tokens could be counted; retry.",
+                                  model=model_id)
+        return backend.count_prompt_tokens(request)
+
     @property
     def counters(self) -> PoolCounters:
         with self._lock:

@@ -19,9 +19,8 @@ from fastapi import APIRouter
 from fastapi import Request as HTTPRequest
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.errors import InvalidRequest, ModelLoadFailed, RouterError, UnsupportedParameter
+from models.errors import InvalidRequest, RouterError, UnsupportedParameter
 from models.events import Finish, ToolCallDelta, ToolCallStart, Usage
-from models.pool import Pool
 from models.request import ImagePart, Message, OutputFormat, Part, Request, TextPart, ToolCall, ToolChoice, ToolResult
 from models.tool_checks import check_tool_request
 from router.dialects.body import openapi_body, parse
@@ -303,15 +302,6 @@ def stop_reason(finish: Finish) -> str:
     return "stop_sequence" if finish.stop_sequence is not None else STOP_REASONS[finish.reason]
 
 
-def prompt_tokens(pool: Pool, model_id: str, request: Request) -> int:
-    """The request's prompt as the model would see it (its template, its tokenizer), counted; loads the model."""
-    pool.preload(model_id, pin=False)
-    backend = pool.backend(model_id)
-    if backend is None:  # evicted again between the load and now
-        raise ModelLoadFailed(f"Model {model_id!r} was unloaded before its tokens could be counted; retry.")
-    return backend.count_prompt_tokens(request)
-
-
 def build() -> APIRouter:
     api = APIRouter(tags=["anthropic"])
 
@@ -329,6 +319,6 @@ def build() -> APIRouter:
         route = route_request(request, internal)
         pool = state(request).pool
         return {"input_tokens": await asyncio.get_running_loop().run_in_executor(
-            None, prompt_tokens, pool, route.model_id, internal)}
+            None, pool.count_prompt_tokens, route.model_id, internal)}
 
     return api
