@@ -88,9 +88,12 @@ class ChunkFormat(Protocol):
         """Bytes sent before the first event (OpenAI chat: the role delta); may be empty."""
         ...
 
+    # Whether keepalive() exists for this stream; where not, headers wait for the first event.
+    keeps_alive: bool
+
     def keepalive(self) -> bytes:
         """Bytes that keep a stream alive while the prompt is evaluated (an SSE comment, Anthropic's
-        ping); empty where the dialect has none, and then headers wait for the first event."""
+        ping); asked for only when `keeps_alive`, each time it is sent."""
         ...
 
     def text(self, text: str) -> bytes: ...
@@ -252,9 +255,8 @@ async def respond(
         gen.hand_off_first_token()  # the first chunk is written before the worker decodes on
     active = ActiveGeneration(gen, request)
     starting = asyncio.ensure_future(active.start())
-    keepalive = fmt.keepalive() if stream else b""
     try:
-        if keepalive:
+        if stream and fmt.keeps_alive:
             done, _ = await asyncio.wait({starting}, timeout=EARLY_HEADERS_S)
             if not done:  # a long prompt: headers now, the first event when it comes
                 return StreamingResponse(_stream(active, fmt, recorder, closed, starting=starting),

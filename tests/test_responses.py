@@ -498,16 +498,16 @@ def format_for(body: dict) -> ResponsesFormat:
 def test_the_sdk_accumulates_the_format_into_the_final_response():
     tools = [WEATHER, {"type": "namespace", "name": "ns", "description": "Clock.", "tools": [TIME]}, PATCH]
     fmt = format_for({"tools": tools})
-    out = [fmt.keepalive(), fmt.head(), fmt.keepalive(), fmt.text(" \n"), fmt.text("Let me"), fmt.text(" check."),
+    out = [fmt.head(), fmt.keepalive(), fmt.text(" \n"), fmt.text("Let me"), fmt.text(" check."),
            fmt.tool_call_start(ToolCallStart(0, "call_a", "get_weather")), fmt.tool_call_delta(ToolCallDelta(0, '{"city": ')),
            fmt.tool_call_delta(ToolCallDelta(0, '"Oslo"}')), fmt.text("\n"),
            fmt.tool_call_start(ToolCallStart(1, "call_b", "ns.get_time")), fmt.tool_call_delta(ToolCallDelta(1, "{}")),
            fmt.tool_call_start(ToolCallStart(2, "call_c", "apply_patch")),
            fmt.tool_call_delta(ToolCallDelta(2, '{"input": "*** Begin')), fmt.tool_call_delta(ToolCallDelta(2, ' Patch"}')),
            fmt.tail(Finish("tool_calls", Usage(prompt_tokens=12, completion_tokens=7, cached_tokens=5)))]
-    frames = [json.loads(line[len("data: "):]) for line in b"".join(out[1:]).decode().split("\n")
+    frames = [json.loads(line[len("data: "):]) for line in b"".join(out).decode().split("\n")
               if line.startswith("data: ")]
-    assert [f["sequence_number"] for f in frames] == list(range(len(frames)))  # the probe took no number
+    assert [f["sequence_number"] for f in frames] == list(range(len(frames)))
     assert [f["delta"] for f in frames if f["type"] == "response.custom_tool_call_input.delta"] == ["*** Begin", " Patch"]
     state = ResponseStreamState(input_tools=tools, text_format=openai.omit)
     for frame in frames:

@@ -239,6 +239,7 @@ class AnthropicFormat:
     delta'd and stopped), message_delta with the stop reason and usage, message_stop."""
 
     media_type = SSE
+    keeps_alive = True
 
     def __init__(self, model: str) -> None:
         self.model = model

@@ -160,6 +160,7 @@ class LlamaFormat(TextOnly):
     """llama-server's non-OpenAI shape: SSE `data: {"content": ...}`, a final object with `stop: true`."""
 
     media_type = SSE
+    keeps_alive = False  # headers wait for the first event: editors keep their status codes
 
     def __init__(self, model: str, req: LlamaSampling) -> None:
         self.model = model
@@ -195,9 +196,6 @@ class LlamaFormat(TextOnly):
             "min_p": p.min_p, "typical_p": p.typical_p, "repeat_penalty": p.repeat_penalty, "seed": p.seed,
             "stop": list(p.stop), "stream": r.stream, "n_cmpl": r.n_cmpl,
         }
-
-    def keepalive(self) -> bytes:
-        return b""  # no keep-alive in this dialect: headers wait for the first event
 
     def head(self) -> bytes:
         return b""

@@ -270,6 +270,7 @@ class OllamaFormat:
     Tool calls go out whole, with arguments as objects, on the last line (as Ollama sends them)."""
 
     media_type = NDJSON
+    keeps_alive = False  # NDJSON has no line a client would skip
 
     def __init__(self, model: str, chat: bool) -> None:
         self.model = model
@@ -310,9 +311,6 @@ class OllamaFormat:
         if not self.chat:
             obj["context"] = []
         return obj
-
-    def keepalive(self) -> bytes:
-        return b""  # no keep-alive in this dialect: headers wait for the first event
 
     def head(self) -> bytes:
         return b""

@@ -278,6 +278,7 @@ class OpenAIFormat:
 
     def __init__(self, chat: bool, model: str, include_usage: bool) -> None:
         self.chat = chat
+        self.keeps_alive = chat  # agents wait on chats; FIM and completions keep their status codes
         self.model = model
         self.include_usage = include_usage
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
@@ -298,8 +299,8 @@ class OpenAIFormat:
                 '"logprobs":null,"finish_reason":null}]}\n\n').encode()
 
     def keepalive(self) -> bytes:
-        """An SSE comment (every SSE client skips it) for chats: agents wait on those; FIM keeps its status codes."""
-        return b": keep-alive\n\n" if self.chat else b""
+        """An SSE comment: every SSE client skips it."""
+        return b": keep-alive\n\n"
 
     def text(self, text: str) -> bytes:
         return (self._open + json_str(text) + self._close).encode()

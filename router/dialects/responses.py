@@ -541,6 +541,7 @@ class ResponsesFormat:
     """
 
     media_type = SSE
+    keeps_alive = True
 
     def __init__(self, model: str, req: ResponsesRequest) -> None:
         self.id = new_id("resp")
@@ -558,7 +559,6 @@ class ResponsesFormat:
             "truncation": "disabled", "usage": None, "user": req.user, "metadata": req.metadata or {},
         }
         self._seq = 0
-        self._head_sent = False
         self._items: list[dict[str, Any]] = []  # the output so far, the open item last
         self._open: OpenItem | None = None
         self._space = ""  # whitespace before any open message: dropped if a call comes next
@@ -574,20 +574,12 @@ class ResponsesFormat:
         return {**self._base, "status": status, "output": list(self._items), **fields}
 
     def head(self) -> bytes:
-        self._head_sent = True
         return (self._event("response.created", {"response": self._response("in_progress")})
                 + self._event("response.in_progress", {"response": self._response("in_progress")})).encode()
 
     def keepalive(self) -> bytes:
-        """A `response.in_progress` event: Codex takes only events, not SSE comments, as signs of life.
-
-        respond() asks once, before head(), whether this format has keep-alives at all; that answer is
-        never sent, so it must not take a sequence number."""
-        seq = self._seq
-        out = self._event("response.in_progress", {"response": self._response("in_progress")})
-        if not self._head_sent:
-            self._seq = seq
-        return out.encode()
+        """A `response.in_progress` event: Codex takes only events, not SSE comments, as signs of life."""
+        return self._event("response.in_progress", {"response": self._response("in_progress")}).encode()
 
     def text(self, text: str) -> bytes:
         out = ""
