@@ -14,6 +14,7 @@ from typing import Iterator, Protocol, runtime_checkable
 
 from models.capabilities import Capabilities
 from models.events import Event
+from models.prompt_states import PromptStates
 from models.request import Request
 
 
@@ -56,9 +57,16 @@ class BackendOptions:
 
     n_threads: int = field(default_factory=default_threads)
     n_threads_batch: int = field(default_factory=default_threads)
+    # Prompt tokens per llama_decode call (n_batch) and per compute graph (n_ubatch); see
+    # bench/prefill.py for the figures behind the defaults.
+    n_batch: int = 512
+    n_ubatch: int = 512
     connect_timeout_s: float = 5.0
     first_token_timeout_s: float = 120.0
     idle_stream_timeout_s: float = 60.0
     # Off by default: a memory-mapped GGUF that is truncated or rewritten while loaded kills the
     # whole process with SIGBUS; reading it into memory costs a slower cold load instead.
     use_mmap: bool = False
+    # Where in-process backends save a context's KV cache before another prompt overwrites it
+    # (the pool's, under its memory budget); None: no saving, one cache per model.
+    prompt_states: PromptStates | None = field(default=None, compare=False)

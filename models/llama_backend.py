@@ -34,6 +34,7 @@ from models.events import Event, Finish, TextDelta, ToolCallStart, Usage
 from models.fim import FimPrompt, FimTokens, Piece, build_fim_prompt, detect_fim, translate_fim_prompt
 from models.gguf_header import diagnose_gguf, kv_cache_bytes
 from models.grammar import json_output_grammar
+from models.prompt_states import PromptStates, SavedState
 from models.prompt_tokenizer import PromptTokenizer
 from models.request import Request, SamplingParams, text_message
 from models.tool_formats import (
@@ -62,6 +63,13 @@ PROMPT_SLICE_TOKENS = 64
 # through another kernel that sums in another order. A cached prefix is reused from a multiple of
 # it, so a prompt's KV cache (and so greedy output) is bit-identical to evaluating it afresh.
 EXACT_ROW_GROUP = 4
+# A cache is saved before a prompt overwrites at least this many of its tokens (fewer evaluate
+# again in well under a second), and a saved state is restored when it holds at least this many
+# more of the new prompt than the cache does.
+MIN_SAVED_TOKENS = 256
+MIN_RESTORE_GAIN = 256
+# Long prefills log their progress at most this often.
+PROGRESS_LOG_S = 2.0
 
 
 # ggml_log_level of the bundled llama.cpp: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5.
@@ -70,6 +78,7 @@ EXACT_ROW_GROUP = 4
 # something a router user acts on, so they go to INFO; real failures surface as exceptions.
 GGML_TO_LOGGING = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.DEBUG, 3: logging.INFO, 4: logging.ERROR}
 native_log = logging.getLogger("llama_cpp.native")
+log = logging.getLogger("models.llama_backend")
 
 
 @functools.cache
@@ -98,7 +107,8 @@ class LlamaBackend:
         self.weights_path = Path(weights_path)
         started = time.perf_counter()
         n_ctx = spec.n_ctx
-        self._llm = open_gguf(spec, self.weights_path, options, n_batch=min(512, n_ctx))
+        self._llm = open_gguf(spec, self.weights_path, options, n_batch=min(options.n_batch, n_ctx),
+                              n_ubatch=min(options.n_ubatch, options.n_batch, n_ctx))
         self.load_ms = (time.perf_counter() - started) * 1000.0
         llm = self._llm
         self.n_ctx: int = llm.n_ctx()
@@ -129,6 +139,7 @@ class LlamaBackend:
         self.memory_bytes: int = self.weights_path.stat().st_size + kv_cache_bytes(metadata, self.n_ctx)
         self._prepared: tuple[Request, _Prepared] | None = None
         self._exact_tokens = 0  # leading KV positions that equal a fresh evaluation of them, bit for bit
+        self._states: PromptStates | None = options.prompt_states
         self._max_piece_bytes: int | None = None
         self._closed = False
 
@@ -158,6 +169,8 @@ class LlamaBackend:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._states is not None:
+                self._states.drop_model(self.model_id)
             self._llm.close()
 
     # ---- prompt ---------------------------------------------------------------------------
@@ -308,15 +321,12 @@ class LlamaBackend:
         yield from self._decode(prep, request, cancel, usage)
 
     def _evaluate_prompt(self, tokens: list[int], kind: str, cancel: threading.Event) -> int:
-        """Bring the KV cache to `tokens`, reusing its common prefix; returns the tokens reused."""
+        """Bring the KV cache to `tokens`, reusing its common prefix (or a saved state's); returns the tokens reused."""
         llm = self._llm
         try:
             # Editor requests share most of their prompt; at least one token is always evaluated.
-            common = 0
-            limit = min(llm.n_tokens, len(tokens) - 1)
-            previous = llm.input_ids
-            while common < limit and previous[common] == tokens[common]:
-                common += 1
+            common = self._cached_prefix(tokens)
+            common = self._switch_state(tokens, common)
             # Editors supersede their FIM request on every keystroke: a FIM/completion prompt is
             # evaluated in slices, stopping between them once cancelled (bench/burst.py), and
             # bit-exactly (the same context gives the same suggestion). A chat re-evaluates only
@@ -327,10 +337,12 @@ class LlamaBackend:
             step = llm.n_batch if chat else PROMPT_SLICE_TOKENS
             slices, exact = prompt_slices(len(tokens), common, self._exact_tokens, step, exact_reuse=not chat)
             cached = llm.n_tokens = slices[0][0] if slices else common
+            progress = _PrefillProgress(self.model_id, len(tokens), cached)
             for start, end in slices:
                 if start > cached and cancel.is_set():
                     break
                 llm.eval(tokens[start:end])
+                progress.evaluated(end)
         except Exception:
             llm.n_tokens = self._exact_tokens = 0
             raise
@@ -338,6 +350,68 @@ class LlamaBackend:
         exact_end = llm.n_tokens if exact else min(self._exact_tokens, cached)
         self._exact_tokens = exact_end - exact_end % EXACT_ROW_GROUP
         return cached
+
+    def _cached_prefix(self, tokens: list[int]) -> int:
+        """Leading tokens of `tokens` the KV cache holds now (at most all but the last)."""
+        import numpy as np
+
+        limit = min(self._llm.n_tokens, len(tokens) - 1)
+        if limit <= 0:
+            return 0
+        differ = np.flatnonzero(self._llm.input_ids[:limit] != np.asarray(tokens[:limit]))
+        return int(differ[0]) if differ.size else limit
+
+    def _switch_state(self, tokens: list[int], common: int) -> int:
+        """Save the cache before this prompt overwrites much of it, and restore the saved state that
+        shares more of this prompt than the cache does; returns the tokens now reusable."""
+        states = self._states
+        if states is None:
+            return common
+        llm = self._llm
+        state, shared = states.best(self.model_id, tokens)
+        shared = min(shared, len(tokens) - 1)
+        restore = state is not None and shared >= common + MIN_RESTORE_GAIN
+        if llm.n_tokens - common >= MIN_SAVED_TOKENS:
+            self._save_state(states)
+        if not restore:
+            return common
+        assert state is not None
+        if not self._restore_state(state):
+            states.drop(state)
+            return 0
+        states.restored()
+        return shared
+
+    def _save_state(self, states: PromptStates) -> None:
+        """Copy the context's KV cells (sequence 0, no logits) into the saved states."""
+        llm = self._llm
+        n = llama_cpp.llama_state_seq_get_size(self._ctx, 0)
+        if n <= 0 or n > states.limit_bytes:
+            return
+        data = bytearray(n)
+        written = llama_cpp.llama_state_seq_get_data(self._ctx, (ctypes.c_uint8 * n).from_buffer(data), n, 0)
+        if written != n:
+            return
+        state = SavedState(self.model_id, tuple(llm.input_ids[:llm.n_tokens].tolist()), data,
+                           min(self._exact_tokens, llm.n_tokens))
+        states.save(state)
+
+    def _restore_state(self, state: SavedState) -> bool:
+        """Make the context hold `state`; False (the cache emptied) when llama.cpp cannot read it."""
+        llm = self._llm
+        memory = llama_cpp.llama_get_memory(self._ctx)
+        llama_cpp.llama_memory_seq_rm(memory, 0, -1, -1)
+        n = state.n_bytes
+        read = llama_cpp.llama_state_seq_set_data(self._ctx, (ctypes.c_uint8 * n).from_buffer(state.data), n, 0)
+        if read != n:
+            llama_cpp.llama_memory_seq_rm(memory, 0, -1, -1)
+            llm.n_tokens = self._exact_tokens = 0
+            log.warning("model %s: a saved prompt state could not be restored; evaluating afresh", self.model_id)
+            return False
+        llm.input_ids[:len(state.tokens)] = state.tokens
+        llm.n_tokens = len(state.tokens)
+        self._exact_tokens = state.exact_tokens
+        return True
 
     def _decode(self, prep: _Prepared, request: Request, cancel: threading.Event, usage: Usage) -> Iterator[Event]:
         """Sample and evaluate one token at a time until a stop, the limit or a cancel; then Finish."""
@@ -527,6 +601,24 @@ class _Prepared:
         self.grammar: ToolGrammar | None = None
         self.tool_format: ToolFormat | None = None
         self.preserved: dict[int, bytes] = {}  # marker tokens printed as text (llama.cpp's preserved tokens)
+
+
+class _PrefillProgress:
+    """Logs a long prompt's evaluation (tokens done of the total) every PROGRESS_LOG_S, and its end."""
+
+    def __init__(self, model_id: str, total: int, reused: int) -> None:
+        self.model_id, self.total, self.reused = model_id, total, reused
+        self.started = self.logged = time.perf_counter()
+        self.reported = False
+
+    def evaluated(self, done: int) -> None:
+        now = time.perf_counter()
+        if now - self.logged < PROGRESS_LOG_S and not (self.reported and done == self.total):
+            return
+        self.logged, self.reported = now, True
+        rate = (done - self.reused) / max(now - self.started, 1e-9)
+        log.info("model %s: prompt %d/%d tokens (%d reused, %.0f tokens/s)", self.model_id, done, self.total,
+                 self.reused, rate)
 
 
 class _StopMatcher:

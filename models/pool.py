@@ -36,6 +36,7 @@ from models.capabilities import Capabilities, declared
 from models.catalog import Catalog, ModelSpec, UpstreamSource
 from models.context_size import resolve_n_ctx
 from models.events import Event, Finish, TextDelta
+from models.prompt_states import PromptStates
 from models.fim import holds_fim_tokens
 from models.request import Request
 from models.errors import (
@@ -278,12 +279,16 @@ class Pool:
         queue_size: int = 16,
         load_wait_s: float = LOAD_WAIT_S,
         n_ctx: int | None = None,
+        prompt_cache_bytes: int | None = None,
     ) -> None:
         self.catalog = catalog
         self._resolve = resolve or _default_resolve
         self._factory = factory or _default_factory
-        self.options = options or BackendOptions()
         self.memory_budget_bytes = int(memory_budget_bytes)
+        # Saved KV caches take what the loaded models leave of the budget (at most prompt_cache_bytes).
+        self.prompt_states = PromptStates()
+        self.prompt_cache_bytes = prompt_cache_bytes
+        self.options = dataclasses.replace(options or BackendOptions(), prompt_states=self.prompt_states)
         self.idle_ttl_s = float(idle_ttl_s)
         self.queue_size = int(queue_size)
         self.load_wait_s = float(load_wait_s)
@@ -294,6 +299,7 @@ class Pool:
         self._entries: dict[str, _Entry] = {}
         self._counts: dict[str, dict[str, int]] = {f.name: {} for f in dataclasses.fields(PoolCounters)}
         self._closed = False
+        self._limit_prompt_states()
         self._reaper: threading.Thread | None = None
         if self.idle_ttl_s > 0:
             self._reaper = threading.Thread(target=self._reap, name="pool-idle-reaper", daemon=True)
@@ -517,6 +523,7 @@ class Pool:
                         name=f"pool-worker-{spec.id}-{slot}", daemon=True,
                     ).start()
                 self._evict_over_budget(keep=entry)  # a catalog's size_bytes may understate the real size
+                self._limit_prompt_states()
                 self._tick.notify_all()
             entry.load_done.set()
         if to_close is not None:
@@ -544,7 +551,9 @@ class Pool:
         while True:
             if self._closed:
                 raise ModelLoadFailed("The model pool is shut down.", model=entry.spec.id)
-            if self._used_locked(exclude=entry) + need <= self.memory_budget_bytes:
+            used = self._used_locked(exclude=entry)
+            self._limit_prompt_states(used + need)  # saved states are evicted before any model
+            if used + need <= self.memory_budget_bytes:
                 entry.size_bytes = need
                 return
             victim = self._lru_idle(exclude=entry)
@@ -570,6 +579,15 @@ class Pool:
                 )
             self._space.wait(remaining)
 
+    def _limit_prompt_states(self, models_bytes: int | None = None) -> None:
+        """Give saved states what the models (holding `models_bytes`, or what they hold now) leave."""
+        if models_bytes is None:
+            models_bytes = self._used_locked()
+        room = self.memory_budget_bytes - models_bytes
+        if self.prompt_cache_bytes is not None:
+            room = min(room, self.prompt_cache_bytes)
+        self.prompt_states.set_limit(room)
+
     def _lru_idle(self, exclude: _Entry | None = None) -> _Entry | None:
         idle = [e for e in self._entries.values() if e.evictable and e is not exclude]
         return min(idle, key=lambda e: e.last_used) if idle else None
@@ -593,6 +611,7 @@ class Pool:
         self._space.notify_all()
         if backend is not None:
             backend.close()
+        self._limit_prompt_states()
 
     # ---- workers ---------------------------------------------------------------------------------
 

@@ -58,6 +58,8 @@ def build_pool(settings: Settings, catalog: Catalog) -> Pool:
     options = BackendOptions(
         n_threads=settings.n_threads,
         n_threads_batch=settings.n_threads_batch,
+        n_batch=settings.n_batch,
+        n_ubatch=settings.n_ubatch,
         connect_timeout_s=settings.connect_timeout_s,
         first_token_timeout_s=settings.first_token_timeout_s,
         idle_stream_timeout_s=settings.idle_stream_timeout_s,
@@ -70,6 +72,7 @@ def build_pool(settings: Settings, catalog: Catalog) -> Pool:
         idle_ttl_s=settings.idle_ttl_s,
         queue_size=settings.queue_size,
         n_ctx=settings.n_ctx,
+        prompt_cache_bytes=settings.prompt_cache_bytes,
     )
 
 

@@ -41,6 +41,13 @@ class PoolCollector(Collector):
         if not self.state.started:
             return [shape_only, superseded]
         pool = self.state.pool
+        states = pool.prompt_states
+        saved_bytes = GaugeMetricFamily("router_prompt_states_bytes", "RAM held by saved prompt states (KV caches).")
+        saved_bytes.add_metric([], float(states.used_bytes))
+        saved = CounterMetricFamily("router_prompt_states", "Saved prompt states by what happened to them.",
+                                    labels=["event"])
+        for event, count in dataclasses.asdict(states.counters).items():
+            saved.add_metric([event], float(count))
         queue = GaugeMetricFamily("router_queue_depth", "Requests waiting for each model.", labels=["model"])
         loaded = GaugeMetricFamily("router_model_loaded", "1 when the model is loaded.", labels=["model"])
         busy = GaugeMetricFamily("router_model_generating", "Generations running on the model.", labels=["model"])
@@ -58,7 +65,8 @@ class PoolCollector(Collector):
             for family, kind in ((loads, "loads"), (evictions, "evictions"), (unloads, "unloads"),
                                  (cancelled, "cancelled"), (rejected, "rejected"), (pool_tokens, "tokens")):
                 family.add_metric([st.id], float(counters[kind].get(st.id, 0)))
-        return [shape_only, superseded, queue, loaded, busy, loads, evictions, unloads, cancelled, rejected, pool_tokens]
+        return [shape_only, superseded, queue, loaded, busy, loads, evictions, unloads, cancelled, rejected, pool_tokens,
+                saved_bytes, saved]
 
 
 class Metrics:
@@ -80,8 +88,13 @@ class Metrics:
         self.tokens = Counter(
             "router_tokens_generated", "Completion tokens generated.", ["label", "model"], registry=self.registry
         )
-        self.prompt_tokens = Counter(
-            "router_prompt_tokens", "Prompt tokens evaluated.", ["label", "model"], registry=self.registry
+        self.prompt_evaluated = Counter(
+            "router_prompt_tokens_evaluated", "Prompt tokens the model evaluated.", ["label", "model"],
+            registry=self.registry,
+        )
+        self.prompt_reused = Counter(
+            "router_prompt_tokens_reused", "Prompt tokens taken from a KV cache instead (kept or restored).",
+            ["label", "model"], registry=self.registry,
         )
         self.registry.register(PoolCollector(app_state))
 
@@ -126,5 +139,7 @@ class RequestRecorder:
         if done is not None:
             if done.usage.completion_tokens:
                 m.tokens.labels(self.label, self.model).inc(done.usage.completion_tokens)
-            if done.usage.prompt_tokens:
-                m.prompt_tokens.labels(self.label, self.model).inc(done.usage.prompt_tokens)
+            usage = done.usage
+            if usage.prompt_tokens:
+                m.prompt_evaluated.labels(self.label, self.model).inc(max(0, usage.prompt_tokens - usage.cached_tokens))
+                m.prompt_reused.labels(self.label, self.model).inc(usage.cached_tokens)

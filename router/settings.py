@@ -77,6 +77,17 @@ class Settings(BaseSettings):
     n_threads_batch: int = Field(
         default_factory=default_threads, ge=1, description="llama.cpp prompt-processing threads."
     )
+    n_batch: int = Field(
+        512, ge=1, description="Prompt tokens per llama.cpp decode call (llama-server --batch-size); see bench/prefill.py."
+    )
+    n_ubatch: int = Field(
+        512, ge=1, description="Prompt tokens per compute graph (llama-server --ubatch-size); at most n_batch."
+    )
+    prompt_cache_bytes: int | None = Field(
+        None, ge=0,
+        description="RAM for saved prompt states (KV caches kept when another prompt takes their model); unset: what "
+        "the loaded models leave of memory_budget_bytes; 0: none.",
+    )
     use_mmap: bool = Field(
         False,
         description="Memory-map GGUF files: faster cold loads, but a file truncated while loaded crashes the server (SIGBUS).",
