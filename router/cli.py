@@ -668,8 +668,8 @@ def loaded_models_from_router(settings: Settings) -> set[str] | None:
 
 
 def register_optional_commands(application: typer.Typer) -> None:
-    """Add the classifier's and the catalog's commands (their own modules) when they are installed."""
-    for module_name in ("router.cli_classifier", "router.cli_models"):
+    """Add the classifier's, the catalog's and the engine's commands (their own modules) when installed."""
+    for module_name in ("router.cli_classifier", "router.cli_models", "router.cli_engine"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
