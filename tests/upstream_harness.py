@@ -1,10 +1,12 @@
-"""Real upstream servers on loopback for the upstream tests: llama-cpp-python's own server
-processes, tiny socket servers that misbehave on purpose (never answer / stall), and one that
-replays an SSE stream written in another server's shape and keeps the bodies it was sent."""
+"""Real upstream servers on loopback for the upstream tests: llama-cpp-python's own server and
+llama.cpp's llama-server as processes, tiny socket servers that misbehave on purpose (never
+answer / stall), and one that replays an SSE stream written in another server's shape and keeps
+the bodies it was sent."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -31,16 +33,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class LlamaCppServer:
-    """`python -m llama_cpp.server` on 127.0.0.1, its access log kept to count requests."""
+class ServerProcess:
+    """An upstream server process on 127.0.0.1, its output kept in a log to count requests.
 
-    def __init__(self, model: Path, log_dir: Path, *, n_ctx: int = 512, port: int | None = None,
-                 extra_args: tuple[str, ...] = ()) -> None:
-        self.model = model
-        self.n_ctx = n_ctx
-        self.extra_args = extra_args
+    Subclasses say how to start it (`command`), when it is ready (`ready_path` answers 200) and
+    how its log names a request (`request_line`).
+    """
+
+    name = "server"
+    ready_path = "/health"
+
+    def __init__(self, log_dir: Path, *, port: int | None = None) -> None:
         self.port = port or free_port()
-        self.log_path = log_dir / f"llama_cpp_server_{self.port}.log"
+        self.log_path = log_dir / f"{self.name}_{self.port}.log"
         self.proc: subprocess.Popen | None = None
         self._log_offset = 0
 
@@ -48,29 +53,37 @@ class LlamaCppServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 90.0) -> LlamaCppServer:
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def request_line(self, path: str) -> str:
+        raise NotImplementedError
+
+    def start(self, timeout_s: float = 90.0):
         log = open(self.log_path, "ab")
         self._log_offset = self.log_path.stat().st_size
-        cmd = [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--host", "127.0.0.1",
-            "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", "1", "--n_threads_batch", "1",
-            *self.extra_args,
-        ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
+                raise RuntimeError(f"{self.name} exited {self.proc.returncode}: {self.log_tail()}")
             try:
-                if httpx.get(self.url + "/v1/models", timeout=1).status_code == 200:
+                if httpx.get(self.url + self.ready_path, timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
         self.kill()
-        raise RuntimeError(f"llama_cpp.server did not come up in {timeout_s}s: {self.log_path.read_text()[-2000:]}")
+        raise RuntimeError(f"{self.name} did not come up in {timeout_s}s: {self.log_tail()}")
+
+    def log_text(self) -> str:
+        """What it logged since the last start."""
+        return self.log_path.read_bytes()[self._log_offset :].decode("utf-8", "replace")
+
+    def log_tail(self, chars: int = 2000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
 
     def kill(self) -> None:
         """SIGKILL: the replica dies the way a crashed or OOM-killed server does."""
@@ -80,9 +93,56 @@ class LlamaCppServer:
         self.proc = None
 
     def requests_served(self, path: str) -> int:
-        """POSTs to `path` in the access log since the last start (what the server says it got)."""
-        text = self.log_path.read_bytes()[self._log_offset :].decode("utf-8", "replace")
-        return text.count(f'"POST {path} HTTP/1.1"')
+        """POSTs to `path` in the log since the last start (what the server says it got)."""
+        return self.log_text().count(self.request_line(path))
+
+
+class LlamaCppServer(ServerProcess):
+    """`python -m llama_cpp.server` on 127.0.0.1."""
+
+    name = "llama_cpp_server"
+    ready_path = "/v1/models"
+
+    def __init__(self, model: Path, log_dir: Path, *, n_ctx: int = 512, port: int | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        super().__init__(log_dir, port=port)
+        self.model = model
+        self.n_ctx = n_ctx
+        self.extra_args = extra_args
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--host", "127.0.0.1",
+            "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", "1", "--n_threads_batch", "1",
+            *self.extra_args,
+        ]
+
+    def request_line(self, path: str) -> str:
+        return f'"POST {path} HTTP/1.1"'
+
+
+class LlamaServer(ServerProcess):
+    """llama.cpp's own `llama-server` binary with the given arguments (--host and --port added).
+
+    Ready once /health answers 200 (503 while the model loads)."""
+
+    name = "llama_server"
+
+    def __init__(self, binary: Path, args: list[str], log_dir: Path, *, port: int | None = None) -> None:
+        super().__init__(log_dir, port=port)
+        self.binary = binary
+        self.args = list(args)
+
+    def command(self) -> list[str]:
+        return [str(self.binary), *self.args, "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def request_line(self, path: str) -> str:
+        """As its access log writes one, once the stream is closed; it never logs /v1/completions."""
+        return f"request: POST {path} 127.0.0.1 200"
+
+    def generations_finished(self) -> int:
+        """Generations it finished since the last start (one timing report each, whatever the path)."""
+        return len(re.findall(r"^\s+eval time =", self.log_text(), flags=re.M))
 
 
 class MisbehavingServer:
