@@ -58,6 +58,14 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class FimCut:
+    """Where the router ended a FIM answer because the middle was over (models/fim_end.py)."""
+
+    rule: Literal["suffix", "indent", "fence", "prose", "line"]
+    at: str  # the text it stopped at, left out of the answer (the repeated suffix line, the fence, ...)
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     """The last event of every generation: why it ended and what it cost."""
 
@@ -66,6 +74,7 @@ class Finish:
     truncated: bool = False  # the prompt was trimmed to fit (FIM)
     error: str | None = None  # set with reason == "error" (mid-stream failure)
     stop_sequence: str | None = None  # the client's stop string that ended it, where known (Anthropic reports it)
+    fim_cut: FimCut | None = None  # set when the router stopped a FIM answer where the middle ends (a "stop")
 
 
 Event = TextDelta | ToolCallStart | ToolCallDelta | Embeddings | Finish

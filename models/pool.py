@@ -35,6 +35,7 @@ from models.backend import Backend, BackendOptions
 from models.capabilities import Capabilities, declared
 from models.catalog import Catalog, ModelSpec, UpstreamSource
 from models.context_size import resolve_n_ctx
+from models import fim_end
 from models.events import Event, Finish, TextDelta
 from models.prompt_states import PromptStates
 from models.fim import holds_fim_tokens
@@ -667,7 +668,7 @@ class Pool:
             if n_ctx < backend.n_ctx and request.generates and (params.max_tokens is None or params.max_tokens > room):
                 # A smaller per-request context ends the generation where that context is full.
                 request = dataclasses.replace(request, params=dataclasses.replace(params, max_tokens=room))
-            for ev in backend.generate(request, gen.cancel_event):
+            for ev in fim_end.watch(request, backend.generate, gen.cancel_event):  # FIM ends where the middle does
                 if isinstance(ev, Finish):
                     if gen._load_ms:
                         ev = dataclasses.replace(ev, usage=dataclasses.replace(ev.usage, load_ms=gen._load_ms))

@@ -124,6 +124,9 @@ class SamplingParams:
     t_max_predict_ms: float | None = None
     # Ollama `options.num_ctx`: this request's context limit, at most the model's (the pool enforces it).
     num_ctx: int | None = None
+    # FIM answers end where the middle does (models/fim_end.py); False: the model's own end. None: the
+    # server's `fim_trim` setting (applied when the request is submitted), on where no setting applies.
+    fim_trim: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,12 @@ class Settings(BaseSettings):
         "model id; any other unknown name is a 404.",
     )
 
+    fim_trim: bool = Field(
+        True,
+        description="End FIM answers where the middle ends: at a repeat of the suffix, a code fence, prose after the "
+        "code, or the cursor line's end when code follows the cursor (a request's `fim_trim: false` turns it off).",
+    )
+
     classifier_artifact: Path | None = Field(None, description="A classifier .skops file replacing the shipped one.")
 
     server_url: str | None = Field(None, description="CLI: send prompts to this running router instead of in-process.")

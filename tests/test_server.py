@@ -589,7 +589,8 @@ def test_editor_killing_a_non_streaming_request_cancels_it(server):
     before = pool_tokens(server, "tiny-qwen")
     cancelled = server.state.pool.counters.cancelled.get("tiny-qwen", 0)
     slow = {**LLAMA_VIM_FIM, "n_predict": 1900, "t_max_predict_ms": None,
-            "logit_bias": [[int(k), -100] for k in NO_SPECIALS], "response_fields": None}
+            "logit_bias": [[int(k), -100] for k in NO_SPECIALS], "response_fields": None,
+            "fim_trim": False}  # the whole 1900 tokens unless cancelled (the router would end the middle first)
     with pytest.raises(httpx.TimeoutException):
         httpx.post(server.url + "/infill", json=slow, headers={"user-agent": "curl/8.5.0"}, timeout=0.3)
     wait_idle(server)

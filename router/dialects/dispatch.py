@@ -6,6 +6,7 @@ module does the rest the same way for all of them.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 from fastapi import Request
@@ -29,7 +30,10 @@ def route_request(request: Request, internal: InternalRequest) -> Route:
 
 def submit(request: Request, route: Route, internal: InternalRequest) -> Generation:
     """Hand the request to the pool (fast: queueing only); ModelNotFound/Overloaded/FimNotSupported raise."""
-    return state(request).pool.submit(route.model_id, internal)
+    app_state = state(request)
+    if internal.params.fim_trim is None:  # the request did not say: the server's setting
+        internal = replace(internal, params=replace(internal.params, fim_trim=app_state.settings.fim_trim))
+    return app_state.pool.submit(route.model_id, internal)
 
 
 async def answer(

@@ -169,6 +169,8 @@ class LlamaFormat(TextOnly):
         self._close = ',"tokens":[],"stop":false,"id_slot":%d}\n\n' % (req.id_slot if req.id_slot is not None else -1)
 
     def result(self, text: str, finish: Finish, index: int = 0) -> dict[str, Any]:
+        # As llama-server: a stop string is a "word" stop, named; so is the text a FIM answer was cut at.
+        word = finish.fim_cut.at if finish.fim_cut is not None else finish.stop_sequence
         obj = {
             "index": index,
             "content": text,
@@ -181,8 +183,8 @@ class LlamaFormat(TextOnly):
             "generation_settings": self.settings(),
             "has_new_line": "\n" in text,
             "truncated": finish.truncated,
-            "stop_type": STOP_TYPE[finish.reason],
-            "stopping_word": "",
+            "stop_type": "word" if word is not None else STOP_TYPE[finish.reason],
+            "stopping_word": word or "",
             "tokens_cached": finish.usage.cached_tokens,
             "timings": timings(finish),
         }

@@ -167,6 +167,10 @@ class GenerateRequest(OllamaCommon):
     template: str | None = Field(None, description="Not supported: each model's own template is used.")
     context: list[int] | None = Field(None, description="Not supported (deprecated in Ollama).")
     images: list[str] | None = Field(None, description="Not supported (text models).")
+    fim_trim: bool | None = Field(
+        None, description="Router: end a FIM answer where the middle ends (false: the model's own end); unset: the "
+        "server's fim_trim setting.",
+    )
 
     @model_validator(mode="after")
     def _refuse_generate(self) -> GenerateRequest:
@@ -177,6 +181,10 @@ class GenerateRequest(OllamaCommon):
         if self.images:
             raise UnsupportedParameter("Images are not supported on /api/generate; use /api/chat.", param="images")
         return self
+
+    def params(self):
+        params = super().params()
+        return params if self.fim_trim is None else dataclasses.replace(params, fim_trim=self.fim_trim)
 
     def to_request(self) -> Request:
         """FIM with a suffix; otherwise a completion, which becomes a chat turn once routed (`as_chat`)."""

@@ -85,6 +85,10 @@ class LlamaCppExtras(BaseModel):
     n_probs: int | None = Field(None, description="Only 0 is supported (no token probabilities).")
     ignore_eos: bool | None = Field(None, description="Only false is supported.")
     lora: list[dict[str, Any]] | None = Field(None, description="Only an empty list is supported.")
+    fim_trim: bool | None = Field(
+        None, description="Router: end a FIM answer where the middle ends (false: the model's own end); unset: the "
+        "server's fim_trim setting.",
+    )
 
     @model_validator(mode="after")
     def _refuse_unhonoured(self) -> LlamaCppExtras:
@@ -99,7 +103,7 @@ class LlamaCppExtras(BaseModel):
     def extra_params(self) -> dict[str, Any]:
         """The llama.cpp knobs that map onto SamplingParams."""
         out: dict[str, Any] = {}
-        for name in ("top_k", "min_p", "typical_p", "repeat_penalty", "t_max_predict_ms"):
+        for name in ("top_k", "min_p", "typical_p", "repeat_penalty", "t_max_predict_ms", "fim_trim"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
