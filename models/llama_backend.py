@@ -14,6 +14,7 @@ import codecs
 import ctypes
 import dataclasses
 import functools
+import json
 import logging
 import threading
 import time
@@ -789,4 +790,18 @@ def _raise_template_error(message: str) -> None:
 
 
 def _jinja_env() -> ImmutableSandboxedEnvironment:
-    return ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.filters["tojson"] = _tojson
+    return env
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+            sort_keys: bool = False) -> str:
+    """`tojson` as Hugging Face transformers and llama.cpp's minja define it for chat templates.
+
+    Jinja's own sorts keys and escapes `'`, `<`, `>`, `&` for HTML, so an earlier turn's tool call
+    re-rendered unlike what the model wrote (`{"file_path": ..., "content": "print('hi')"}` came
+    back as `{"content": "print(\u0027hi\u0027)", "file_path": ...}`), and the next turn lost
+    its KV cache from that call on.
+    """
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
