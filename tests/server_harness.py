@@ -80,6 +80,16 @@ def unused_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.01) -> bool:
+    """Whether `predicate()` came true within `timeout_s` (polled)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return False
+
+
 def wait_idle(server: LiveServer, timeout_s: float = 15.0) -> None:
     """Block until the server's pool has nothing running or queued."""
     deadline = time.monotonic() + timeout_s

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -30,7 +29,7 @@ from models.upstream_backend import UpstreamBackend
 from models.replicas import ReplicaSet
 from router.app import create_app
 from router.settings import Settings
-from server_harness import isolated_env, live_server
+from server_harness import isolated_env, live_server, wait_until
 from test_upstream_compose import flag, llama_services
 from tiny_gguf import write_tiny_gguf
 from upstream_harness import LONG_STREAM_BIAS, LlamaServer
@@ -158,15 +157,6 @@ def finish_of(events: list) -> Finish:
 
 def slots_busy(server: LlamaServer) -> bool:
     return any(slot["is_processing"] for slot in httpx.get(server.url + "/slots", timeout=5).json())
-
-
-def wait_until(predicate, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 CHAT = Request("chat", messages=(text_message("user", "hello"),), params=SamplingParams(max_tokens=8))

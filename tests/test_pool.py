@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from server_harness import wait_until
 from tiny_gguf import write_tiny_gguf
 
 from models.backend import BackendOptions
@@ -58,15 +59,6 @@ def quick(max_tokens=3) -> Request:
 def endless() -> Request:
     """Forced non-EOG token: runs until cancelled (or the long context fills)."""
     return Request("complete", prompt="x", params=SamplingParams(temperature=0.0, logit_bias={100: 100.0}))
-
-
-def wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def state(pool, model_id):
@@ -156,7 +148,7 @@ def test_idle_ttl_unloads_idle_models_but_not_pinned_ones(files):
         pool.submit("a", quick()).collect()
         pool.preload("b", pin=True)
         assert state(pool, "a").loaded
-        assert wait_until(lambda: not state(pool, "a").loaded, timeout=5)
+        assert wait_until(lambda: not state(pool, "a").loaded, timeout_s=5)
         assert pool.counters.unloads == {"a": 1}
         time.sleep(0.5)
         assert state(pool, "b").loaded
