@@ -252,6 +252,18 @@ def llama_cpp_server(path: Path, n_ctx: int = N_CTX) -> ServerProcess:
     return ServerProcess("llama_cpp.server", argv, port, "/v1/models")
 
 
+def llama_server(path: Path, n_ctx: int = N_CTX, parallel: int = 1) -> ServerProcess:
+    """llama.cpp's own llama-server, as `route engine build-server` builds it (the cached binary, or
+    built now: minutes once), on the same weights and threads; prompt cache on (its default)."""
+    from models.llama_server_build import build_server
+
+    port = free_port()
+    argv = [str(build_server().path), "--model", str(path), "--host", "127.0.0.1", "--port", str(port),
+            "--threads", str(N_THREADS), "--threads-batch", str(N_THREADS), "--ctx-size", str(n_ctx * parallel),
+            "--parallel", str(parallel), "--batch-size", "512"]
+    return ServerProcess("llama-server", argv, port, "/health")
+
+
 @contextmanager
 def running(*servers: ServerProcess) -> Iterator[tuple[ServerProcess, ...]]:
     """Start the servers one after another; always stop every one that started."""
