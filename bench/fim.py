@@ -1,10 +1,13 @@
-"""FIM correctness: our FIM path versus llama-cpp-python's own `suffix` path, same model, greedy.
+"""FIM correctness: our FIM path (with and without its end-of-middle trimming) versus llama-cpp-python's `suffix`.
 
-A fixed sample of HumanEval-SingleLineInfilling (openai/human-eval-infilling, MIT) goes through
-both paths once. The task is one line, so both paths stop at the first newline and the middle
-is that line (newline included); it passes when `prompt + middle + suffix + test +
-check(entry_point)` runs without error in a fresh Python process. llama-cpp-python 0.3.x's `suffix` path puts token
-id 0 where the FIM tokens belong; ours builds the prompt from the FIM tokens in the vocabulary.
+Fixed samples of HumanEval-SingleLineInfilling and -MultiLineInfilling (openai/human-eval-infilling,
+MIT) go, greedy, through each path once, as an editor sends them: no newline stop, up to
+`--max-tokens`. A middle passes when `prompt + middle + suffix + test + check(entry_point)` runs
+without error in a fresh Python process. "Past the hole": the answer has more lines with text
+than the hole's own solution (HumanEval's canonical middle), i.e. it ran on into the suffix,
+a fence, prose or test code. Paths: our backend with `fim_trim: false` (the model's own end),
+our backend through models/fim_end.watch (the router's end of the middle, as the pool applies
+it), and llama-cpp-python 0.3.x's `suffix` path (token id 0 where the FIM tokens belong).
 
     .venv/bin/python bench/fim.py [--n 60] [--seed 0] [--model PATH] [--max-tokens 64]
 
@@ -35,7 +38,9 @@ from models.request import Request, SamplingParams  # noqa: E402
 from models.catalog import LocalSource, ModelSpec  # noqa: E402
 from models.llama_backend import LlamaBackend  # noqa: E402
 
-DATA = Path(os.environ.get("FIM_DATA", "/work/shared/data/fim/HumanEval-SingleLineInfilling.jsonl.gz"))
+FIM_DATA = Path(os.environ.get("FIM_DATA_DIR", "/work/shared/data/fim"))
+DATA = FIM_DATA / "HumanEval-SingleLineInfilling.jsonl.gz"
+DATASETS = {"SingleLine": DATA, "MultiLine": FIM_DATA / "HumanEval-MultiLineInfilling.jsonl.gz"}
 RESULTS = ROOT / "bench" / "results" / "fim.json"
 FALLBACK_QWEN = Path("/tmp/qwen/qwen2.5-coder-0.5b-instruct.gguf")
 
@@ -50,6 +55,13 @@ def load_problems(path: Path, n: int, seed: int) -> list[dict]:
 def one_line(text: str) -> str:
     """The single line a single-line infilling task asks for, newline included."""
     return text.split("\n", 1)[0] + "\n"
+
+
+def past_hole(problem: dict, middle: str) -> bool:
+    """Does the answer hold more lines with text than the hole's own solution (it ran past the hole)?"""
+    def lines(text: str) -> int:
+        return sum(1 for line in text.split("\n") if line.strip())
+    return lines(middle) > lines(problem["canonical_solution"])
 
 
 def passes(problem: dict, middle: str, timeout_s: float = 10.0) -> bool:
@@ -84,7 +96,9 @@ def default_model() -> Path:
     return FALLBACK_QWEN
 
 
-def run_ours(model: Path, problems: list[dict], max_tokens: int, threads: int) -> list[dict]:
+def run_ours(model: Path, problems: list[dict], max_tokens: int, threads: int, trim: bool) -> list[dict]:
+    from models import fim_end
+
     spec = ModelSpec(id="bench-fim", labels=["fim"], source=LocalSource(path=model), n_ctx=4096)
     backend = LlamaBackend(spec, model, BackendOptions(n_threads=threads, n_threads_batch=threads))
     out = []
@@ -92,19 +106,20 @@ def run_ours(model: Path, problems: list[dict], max_tokens: int, threads: int) -
         for p in problems:
             request = Request(
                 "fim", prefix=p["prompt"], suffix=p["suffix"],
-                params=SamplingParams(temperature=0.0, max_tokens=max_tokens, stop=("\n",)),
+                params=SamplingParams(temperature=0.0, max_tokens=max_tokens, fim_trim=trim),
             )
             started = time.perf_counter()
             parts, done = [], None
-            for ev in backend.generate(request, threading.Event()):
+            for ev in fim_end.watch(request, backend.generate, threading.Event()):
                 if isinstance(ev, Finish):
                     done = ev
                 elif isinstance(ev, TextDelta):
                     parts.append(ev.text)
             out.append({
-                "task_id": p["task_id"], "middle": one_line("".join(parts)), "seconds": time.perf_counter() - started,
+                "task_id": p["task_id"], "middle": "".join(parts), "seconds": time.perf_counter() - started,
                 "completion_tokens": done.usage.completion_tokens, "predicted_ms": done.usage.predicted_ms,
-                "prompt_tokens": done.usage.prompt_tokens,
+                "prompt_tokens": done.usage.prompt_tokens, "finish": done.reason,
+                "cut": done.fim_cut.rule if done.fim_cut else None,
             })
     finally:
         backend.close()
@@ -120,10 +135,10 @@ def run_llama_cpp_suffix(model: Path, problems: list[dict], max_tokens: int, thr
         for p in problems:
             started = time.perf_counter()
             res = llm.create_completion(prompt=p["prompt"], suffix=p["suffix"], temperature=0.0,
-                                        max_tokens=max_tokens, stop=["\n"])
+                                        max_tokens=max_tokens)
             usage = res.get("usage", {})
             out.append({
-                "task_id": p["task_id"], "middle": one_line(res["choices"][0]["text"]),
+                "task_id": p["task_id"], "middle": res["choices"][0]["text"],
                 "seconds": time.perf_counter() - started,
                 "completion_tokens": usage.get("completion_tokens", 0), "prompt_tokens": usage.get("prompt_tokens", 0),
             })
@@ -132,9 +147,14 @@ def run_llama_cpp_suffix(model: Path, problems: list[dict], max_tokens: int, thr
     return out
 
 
+OURS_OFF = "ours, fim_trim off (the model's own end)"
+OURS = "ours (the router's end of the middle)"
+SUFFIX = "llama-cpp-python suffix="
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=60)
+    ap.add_argument("--n", type=int, default=60, help="Problems per data set.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--max-tokens", type=int, default=64)
@@ -143,49 +163,58 @@ def main() -> None:
     model = args.model or default_model()
     if not model.is_file():
         sys.exit(f"no model at {model}: run `route models pull qwen2.5-coder-0.5b-instruct` or pass --model")
-    problems = load_problems(DATA, args.n, args.seed)
-    by_id = {p["task_id"]: p for p in problems}
 
-    paths = {"ours (FIM tokens from the vocabulary)": run_ours, "llama-cpp-python suffix=": run_llama_cpp_suffix}
-    results = {}
-    for name, fn in paths.items():
-        started = time.perf_counter()
-        rows = fn(model, problems, args.max_tokens, args.threads)
-        for row in rows:
-            row["passed"] = passes(by_id[row["task_id"]], row["middle"])
-        results[name] = rows
-        print(f"{name}: {sum(r['passed'] for r in rows)}/{len(rows)} in {time.perf_counter() - started:.0f} s",
-              file=sys.stderr)
+    paths = {
+        OURS_OFF: lambda m, ps: run_ours(m, ps, args.max_tokens, args.threads, trim=False),
+        OURS: lambda m, ps: run_ours(m, ps, args.max_tokens, args.threads, trim=True),
+        SUFFIX: lambda m, ps: run_llama_cpp_suffix(m, ps, args.max_tokens, args.threads),
+    }
+    results: dict[str, dict[str, list[dict]]] = {}
+    for data_name, data_path in DATASETS.items():
+        problems = load_problems(data_path, args.n, args.seed)
+        by_id = {p["task_id"]: p for p in problems}
+        for name, fn in paths.items():
+            started = time.perf_counter()
+            rows = fn(model, problems)
+            for row in rows:
+                row["passed"] = passes(by_id[row["task_id"]], row["middle"])
+                row["past_hole"] = past_hole(by_id[row["task_id"]], row["middle"])
+            results.setdefault(data_name, {})[name] = rows
+            print(f"{data_name} {name}: {sum(r['passed'] for r in rows)}/{len(rows)} in "
+                  f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"FIM pass rate, HumanEval-SingleLineInfilling, n={len(problems)} (seed {args.seed}), {model.name}, greedy")
-    for col in ("path", "passed", "pass rate", "mean s/problem", "decode tok/s"):
+    table = Table(title=f"FIM pass rate, HumanEval infilling, n={args.n} per set (seed {args.seed}), {model.name}, "
+                        f"greedy, no newline stop, max_tokens {args.max_tokens}")
+    for col in ("data", "path", "passed", "pass rate", "past the hole", "mean s/problem", "completion tokens"):
         table.add_column(col)
-    summary = {}
-    for name, rows in results.items():
-        passed = sum(r["passed"] for r in rows)
-        secs = sum(r["seconds"] for r in rows) / len(rows)
-        dec_ms = sum(r.get("predicted_ms", 0.0) for r in rows)
-        toks = sum(r["completion_tokens"] for r in rows)
-        tps = toks / (dec_ms / 1000.0) if dec_ms else None
-        summary[name] = {"passed": passed, "n": len(rows), "pass_rate": passed / len(rows),
-                         "mean_seconds": secs, "decode_tokens_per_s": tps, "completion_tokens": toks}
-        table.add_row(name, f"{passed}/{len(rows)}", f"{passed / len(rows):.1%}", f"{secs:.2f}",
-                      f"{tps:.1f}" if tps else "-")
+    summary: dict[str, dict[str, dict]] = {}
+    for data_name, by_path in results.items():
+        for name, rows in by_path.items():
+            n = len(rows)
+            passed = sum(r["passed"] for r in rows)
+            past = sum(r["past_hole"] for r in rows)
+            secs = sum(r["seconds"] for r in rows) / n
+            toks = sum(r["completion_tokens"] for r in rows)
+            summary.setdefault(data_name, {})[name] = {
+                "passed": passed, "n": n, "pass_rate": passed / n, "past_hole": past, "past_hole_share": past / n,
+                "mean_seconds": secs, "completion_tokens": toks}
+            table.add_row(data_name, name, f"{passed}/{n}", f"{passed / n:.1%}", f"{past}/{n} ({past / n:.0%})",
+                          f"{secs:.2f}", str(toks))
     Console().print(table)
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "benchmark": "fim",
-        "data": "openai/human-eval-infilling HumanEval-SingleLineInfilling (MIT)",
-        "model": model.name, "n": len(problems), "seed": args.seed, "max_tokens": args.max_tokens,
-        "threads": args.threads, "sampling": "greedy (temperature 0), stop at the first newline",
+        "data": "openai/human-eval-infilling HumanEval-SingleLineInfilling and -MultiLineInfilling (MIT)",
+        "model": model.name, "n": args.n, "seed": args.seed, "max_tokens": args.max_tokens,
+        "threads": args.threads, "sampling": "greedy (temperature 0), no newline stop (as editors send FIM)",
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "summary": summary,
-        "problems": {name: rows for name, rows in results.items()},
+        "problems": results,
     }, indent=1))
     print(f"wrote {RESULTS.relative_to(ROOT)}", file=sys.stderr)
 

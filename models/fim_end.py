@@ -14,11 +14,18 @@ The rules, and the client code each follows (read, not copied):
   blank lines right before it go with it). Continue: `stopAtLinesExact` / `stopAtSimilarLine`
   against the line below the cursor, `stopAtStartOfSuffix` (core/autocomplete/filtering/
   streamTransforms); llama.vim `s:fim_render` and llama.vscode `shouldDiscardSuggestion`
-  (discard a suggestion that repeats the next non-empty lines). Where a line could end a middle
-  legitimately, a lone closing bracket (`}`, `);`, `end` is not one: it has letters), Continue
-  lets trimmed-equal bracket lines through; here such a "weak" line counts only when the next
-  suffix line is repeated as well, with its indentation. Lines are compared with their
-  indentation; a long line (10+ characters) also without it.
+  (discard a suggestion that repeats the next non-empty lines). A line of brackets only (`}`,
+  `);`) may end a middle legitimately (it closes the middle's own block): Continue lets such
+  trimmed-equal lines through; here a "weak" line counts only when the next suffix line is
+  repeated too. Lines are compared with their indentation; a long one (10+ characters) also
+  without it.
+- **indent**: with the hole inside an indented block (the middle's first line and the line below
+  the hole, if any, are indented), a line at column 0 leaves it: the model has finished the block
+  and goes on with test code, `if __name__ == ...` or the next function. llama-server's `n_indent`
+  (llama.vim sends the cursor line's indentation; a new line indented less ends the answer) and
+  Continue's `getStopTokens` (`\n` + the language's top-level keywords: `\ndef`, `\nclass`,
+  `\nfunction`...). Dedenting to any indented level stays allowed, since a middle may close blocks
+  and open new ones (`else:`); a multi-line string whose text sits at column 0 is the known cost.
 - **fence**: a line opening or closing a Markdown code fence ends the middle (Continue
   `filterCodeBlockLines` / `shouldChangeLineAndStop`: a bare ``` line stops the completion), unless
   the document around the hole has fences itself (editing Markdown).
@@ -36,8 +43,10 @@ The rules, and the client code each follows (read, not copied):
 
 llama-server ends its own `n_indent` stop the same way (it cuts the line that broke the rule and
 reports the stop), but reports it as `limit`; here a cut is a stop (`Finish.reason` "stop", with
-the rule and the text it stopped at in `Finish.fim_cut`), because the answer ended where the hole
-does, not at a token limit.
+the rule and the text it stopped at in `Finish.fim_cut`; llama.cpp's /infill says `stop_type`
+"word" with that text as `stopping_word`, OpenAI `finish_reason` and Ollama `done_reason` "stop"),
+because the answer ended where the hole does, not at a token limit. A client turns it off per
+request with `fim_trim: false` (every FIM dialect's body), the server with the `fim_trim` setting.
 """
 
 from __future__ import annotations
