@@ -329,14 +329,13 @@ class LlamaBackend:
             common = self._cached_prefix(tokens)
             common = self._switch_state(tokens, common)
             # Editors supersede their FIM request on every keystroke: a FIM/completion prompt is
-            # evaluated in slices, stopping between them once cancelled (bench/burst.py), and
-            # bit-exactly (the same context gives the same suggestion). A chat re-evaluates only
-            # what changed, as llama-server does, in n_batch slices: the batches llm.eval would cut
-            # anyway, so the same numbers, but an agent's 20k-token prompt stops within one slice
-            # when its client goes away instead of holding the model for minutes.
-            chat = kind == "chat"
-            step = llm.n_batch if chat else PROMPT_SLICE_TOKENS
-            slices, exact = prompt_slices(len(tokens), common, self._exact_tokens, step, exact_reuse=not chat)
+            # evaluated in slices, stopping between them once cancelled (bench/burst.py). A chat
+            # re-evaluates only what changed, as llama-server does, in n_batch slices: the batches
+            # llm.eval would cut anyway, so the same numbers, but an agent's 20k-token prompt stops
+            # within one slice when its client goes away instead of holding the model for minutes.
+            # Both restart bit-exactly where they can (the same prompt gives the same answer).
+            step = llm.n_batch if kind == "chat" else PROMPT_SLICE_TOKENS
+            slices, exact = prompt_slices(len(tokens), common, self._exact_tokens, step)
             cached = llm.n_tokens = slices[0][0] if slices else common
             progress = _PrefillProgress(self.model_id, len(tokens), cached)
             for start, end in slices:
@@ -564,22 +563,20 @@ class LlamaBackend:
         return piece
 
 
-def prompt_slices(n_prompt: int, common: int, exact_tokens: int, step: int,
-                  exact_reuse: bool = True) -> tuple[list[tuple[int, int]], bool]:
+def prompt_slices(n_prompt: int, common: int, exact_tokens: int, step: int) -> tuple[list[tuple[int, int]], bool]:
     """The [start, end) batches that evaluate a prompt whose first `common` tokens are in the KV
     cache, and whether the result is bit-identical to evaluating the prompt afresh.
 
     It restarts at a row group (EXACT_ROW_GROUP) inside the part the cache holds exactly, which
     costs a few tokens; a prompt that goes on into generated tokens (a chat's next turn) reuses
     them as they are instead, since evaluating them again costs seconds. No batch after the
-    first is one row alone: llama.cpp sums a lone row differently again. Without `exact_reuse`
-    the whole common prefix is reused (fastest; the output may differ by floating-point ties).
+    first is one row alone: llama.cpp sums a lone row differently again.
     """
     group = EXACT_ROW_GROUP
     start = min(common - common % group, exact_tokens)
     if n_prompt - start == 1:
         start = max(0, start - group)
-    exact = exact_reuse and common - start <= 2 * group
+    exact = common - start <= 2 * group
     if not exact:
         start = common
     bounds = [*range(start, n_prompt, max(1, step)), n_prompt]

@@ -593,7 +593,20 @@ def serve(
         labels = ", ".join(spec.labels) or "no label"
         console.print(f"[dim]{escape(spec.id)}: {escape(labels)}[/]")
     console.print(f"route: listening on {local_router_url(settings)} (OpenAI /v1, llama.cpp /infill, Ollama /api)")
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    uvicorn.run(application, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                log_config=server_log_config(settings.log_level))
+
+
+def server_log_config(level: str) -> dict:
+    """uvicorn's logging, with the router's own loggers (decisions, prefill progress, warnings) beside it."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    for name in ("router", "models"):
+        config["loggers"][name] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
 
 
 # --------------------------------------------------------------------------- config

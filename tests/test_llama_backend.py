@@ -215,8 +215,8 @@ def test_prompt_slices_reuse_generated_tokens_as_they_are():
     # A chat's next turn: the previous answer (generated one token at a time) is in the cache.
     slices, exact = prompt_slices(900, common=700, exact_tokens=400, step=900)
     assert not exact and slices == [(700, 900)]
-    # Chats ask for the fastest reuse: the same prompt again evaluates one token.
-    assert prompt_slices(300, common=299, exact_tokens=300, step=300, exact_reuse=False) == ([(299, 300)], False)
+    # The same prompt again restarts at a row group inside the exact part: the same answer.
+    assert prompt_slices(300, common=299, exact_tokens=300, step=300) == ([(296, 300)], True)
 
 
 def test_a_cancelled_chat_prompt_stops_after_one_slice_and_keeps_it_cached(tiny_gguf):

@@ -268,6 +268,7 @@ def usage(u: Usage) -> dict[str, int]:
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},  # OpenAI's field for prompt-cache hits
     }
 
 
