@@ -88,6 +88,10 @@ class Metrics:
         self.tokens = Counter(
             "router_tokens_generated", "Completion tokens generated.", ["label", "model"], registry=self.registry
         )
+        self.prompt_time = Histogram(
+            "router_prompt_eval_seconds", "Time the model took to evaluate a request's prompt (after any reuse).",
+            ["label", "model"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
         self.prompt_evaluated = Counter(
             "router_prompt_tokens_evaluated", "Prompt tokens the model evaluated.", ["label", "model"],
             registry=self.registry,
@@ -143,3 +147,5 @@ class RequestRecorder:
             if usage.prompt_tokens:
                 m.prompt_evaluated.labels(self.label, self.model).inc(max(0, usage.prompt_tokens - usage.cached_tokens))
                 m.prompt_reused.labels(self.label, self.model).inc(usage.cached_tokens)
+                if usage.prompt_ms:
+                    m.prompt_time.labels(self.label, self.model).observe(usage.prompt_ms / 1000.0)

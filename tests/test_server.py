@@ -439,6 +439,31 @@ def test_metrics_count_requests_tokens_and_pool(http, oai):
     assert "router_classifier_shape_only " in text and "router_fim_superseded_total " in text
 
 
+def test_metrics_count_prompt_tokens_evaluated_reused_and_saved_states(http, oai):
+    def sample(name: str, **labels: str) -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for family in text_string_to_metric_families(http.get("/metrics").text):
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return s.value
+        return 0.0
+
+    session = [{"role": "user", "content": "a long agent prompt " * 40}]
+    other = [{"role": "user", "content": "another client entirely " * 30}]
+    reused = sample("router_prompt_tokens_reused_total", model="tiny-nofim")
+    evaluated = sample("router_prompt_tokens_evaluated_total", model="tiny-nofim")
+    first = oai.chat.completions.create(model="chat", messages=session, max_tokens=2, temperature=0)
+    between = oai.chat.completions.create(model="chat", messages=other, max_tokens=2, temperature=0)
+    again = oai.chat.completions.create(model="chat", messages=session, max_tokens=2, temperature=0)
+    assert again.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens - 8
+    assert sample("router_prompt_tokens_reused_total", model="tiny-nofim") - reused \
+        == sum(r.usage.prompt_tokens_details.cached_tokens for r in (first, between, again))
+    assert sample("router_prompt_tokens_evaluated_total", model="tiny-nofim") - evaluated >= first.usage.prompt_tokens
+    assert sample("router_prompt_states_total", event="restored") >= 1
+    assert sample("router_prompt_states_bytes") > 0 and sample("router_prompt_eval_seconds_count") >= 3
+
+
 def test_unknown_path_and_unoffered_endpoint_keep_the_dialect_shape(http):
     r = http.get("/api/nothing")
     assert r.status_code == 404 and isinstance(r.json()["error"], str)
