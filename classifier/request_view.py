@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from classifier.agent_wrappers import SETUP_ACK_CHARS, is_setup_turn, is_wrapper_block, side_task, strip_wrappers
 from classifier.errors import InvalidRequestShape
 from classifier.text import (
     CONTEXT_CHARS,
@@ -20,9 +21,14 @@ from classifier.text import (
     MAX_PARTS,
     SCAN_HEAD,
     SCAN_TAIL,
+    SETUP_WINDOW,
+    SIDE_TASK_PEEK,
+    WRAPPER_PEEK,
     TextReader,
 )
 from models.request import Message, Part, Request, TextPart
+
+LONG_SYSTEM_CHARS = 2048  # a longer system prompt is a client's boilerplate (agents send 10-30 KB)
 
 
 @dataclass(slots=True)
@@ -38,6 +44,7 @@ class RequestView:
     prior_assistant: bool = False  # an earlier assistant turn exists
     many_messages: bool = False  # more messages than we look at: a conversation by any measure
     raw_prompt: bool = False  # a completion endpoint's prompt, not a chat message
+    side_task: str | None = None  # an agent's side request (a title, a summary): the phrase that says so
     empty_prompt: bool = False
     chars_read: int = 0
 
@@ -60,10 +67,13 @@ def read_request(request: Request) -> RequestView:
 
 
 def _parts_text(parts: Sequence[Part], reader: TextReader, head: int, tail: int) -> str:
-    """The text parts of a message, clipped: one part as a whole string, several within one budget."""
+    """The text parts of a message, clipped, agents' injected blocks left out: one part as a whole
+    string, several within one budget."""
     texts = [p.text for p in parts[:MAX_PARTS] if isinstance(p, TextPart)]
+    if len(texts) > 1:  # a part that is one injected block is skipped unread (its two ends tell)
+        texts = [t for t in texts if not _wrapper_block(t, reader)] or texts[-1:]
     if len(texts) <= 1:
-        return reader.ends(texts[0], head, tail) if texts else ""
+        return _unwrapped(reader.ends(texts[0], head, tail)) if texts else ""
     pieces: list[str] = []
     budget = head
     for text in texts:
@@ -72,7 +82,41 @@ def _parts_text(parts: Sequence[Part], reader: TextReader, head: int, tail: int)
         piece = reader.ends(text, budget, min(tail, budget))
         pieces.append(piece)
         budget -= len(piece)
-    return "\n".join(pieces)
+    return _unwrapped("\n".join(pieces))
+
+
+def _unwrapped(text: str) -> str:
+    """`text` without agents' injected blocks; all of it when nothing else is left (a turn that is
+    only a reminder still has to be read as something)."""
+    return strip_wrappers(text) or text
+
+
+def _wrapper_block(text: str, reader: TextReader) -> bool:
+    return is_wrapper_block(reader.head(text, WRAPPER_PEEK), reader.tail(text, WRAPPER_PEEK))
+
+
+def _setup_turns(messages: Sequence[Message], current_index: int, reader: TextReader) -> set[int]:
+    """Indexes of the turns an agent invented before the real question, among the first messages:
+    a user turn that only sets up context, and the short acknowledgement answering it (qwen-code:
+    "Got it. Thanks for the context!")."""
+    setup: set[int] = set()
+    looked = 0
+    for i in range(min(current_index, MAX_MESSAGES)):
+        message = messages[i]
+        if message.role == "system":
+            continue  # agents send several system/developer messages first; reading none of them
+        looked += 1
+        if looked > SETUP_WINDOW:
+            break
+        texts = [p.text for p in message.parts if isinstance(p, TextPart)]
+        if message.role == "user" and texts:
+            first = texts[0]
+            if is_setup_turn(reader.head(first, WRAPPER_PEEK)) or (len(texts) == 1 and _wrapper_block(first, reader)):
+                setup.add(i)
+        elif (message.role == "assistant" and i - 1 in setup and not message.tool_calls
+              and sum(len(t) for t in texts) <= SETUP_ACK_CHARS):
+            setup.add(i)
+    return setup
 
 
 def _read_messages(messages: Sequence[Message], view: RequestView, reader: TextReader, *, warmup: bool) -> None:
@@ -80,13 +124,15 @@ def _read_messages(messages: Sequence[Message], view: RequestView, reader: TextR
     view.many_messages = start > 0
     current_index = None
     for i in range(len(messages) - 1, start - 1, -1):
-        role = messages[i].role
-        if role == "user" and current_index is None:
+        if messages[i].role == "user":
             current_index = i
-        elif role == "assistant" and current_index is not None:
-            view.prior_assistant = True
+            break
     if current_index is None:
         raise InvalidRequestShape("holds no user message to answer", "messages")
+    setup = _setup_turns(messages, current_index, reader) if start == 0 else set()
+    view.prior_assistant = any(
+        messages[i].role == "assistant" and i not in setup for i in range(start, current_index)
+    )
     parts = messages[current_index].parts
     view.current = _parts_text(parts, reader, CURRENT_HEAD, CURRENT_TAIL)
     texts = [p for p in parts if isinstance(p, TextPart)]
@@ -95,17 +141,30 @@ def _read_messages(messages: Sequence[Message], view: RequestView, reader: TextR
     # typed (llama.vim warms its instruction's context so): the context then decides.
     if not view.current.strip() and not messages[current_index].images and not warmup:
         raise InvalidRequestShape("the current user message is empty", f"messages[{current_index}].content")
-    view.context = _conversation_context(messages, start, current_index, reader)
+    view.context = _conversation_context(messages, start, current_index, setup, reader, view)
 
 
-def _conversation_context(messages: Sequence[Message], start: int, current_index: int, reader: TextReader) -> str:
-    """System prompt, previous user turn and the last answer before the current turn, clipped."""
+def _conversation_context(messages: Sequence[Message], start: int, current_index: int, setup: set[int],
+                          reader: TextReader, view: RequestView) -> str:
+    """System prompt (a short one: an agent's long boilerplate says nothing about this turn),
+    previous user turn and the last answer before the current turn, clipped. Notes a side task
+    that the system prompt or the lead-in turn sets."""
     system = previous_user = previous_answer = ""
     for i in range(start, current_index):
-        if messages[i].role == "system" and not system:
-            system = _parts_text(messages[i].parts, reader, CONTEXT_CHARS, 0)
+        if messages[i].role == "system":
+            texts = [p.text for p in messages[i].parts if isinstance(p, TextPart)]
+            head = reader.head(texts[0], SIDE_TASK_PEEK) if texts else ""
+            view.side_task = view.side_task or side_task(head)
+            if texts and len(texts[0]) <= LONG_SYSTEM_CHARS and not system:
+                system = head[:CONTEXT_CHARS]
+            break  # the first system message only: agents append more system text mid-conversation
     for i in range(current_index - 1, start - 1, -1):
         role, parts = messages[i].role, messages[i].parts
+        if i in setup:
+            continue
+        if role == "user" and not view.side_task and i == current_index - 1:
+            texts = [p.text for p in parts if isinstance(p, TextPart)]
+            view.side_task = side_task(reader.head(texts[0], SIDE_TASK_PEEK)) if texts else None
         if role == "assistant" and not previous_answer:
             previous_answer = _parts_text(parts, reader, CONTEXT_CHARS // 2, CONTEXT_CHARS // 2)
         elif role == "user" and not previous_user:

@@ -25,6 +25,9 @@ def shape_decision(view: RequestView) -> Decision | None:
     marker = find_hole_marker(view.scan)
     if marker:
         return Decision(Label.fim, 0.95, [f"shape: prompt holds the hole marker {marker}: chat-based fill-in-the-middle"])
+    if view.side_task:
+        label = Label.chat if view.prior_assistant else Label.instruct
+        return Decision(label, 0.9, [f"shape: an agent's side request ({view.side_task!r}), not code work whatever it quotes"])
     if view.raw_prompt:
         if view.empty_prompt:
             return Decision(Label.instruct, 0.5, ["shape: empty prompt (a load/unload request): nothing to classify"])

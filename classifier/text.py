@@ -19,9 +19,18 @@ SCAN_TAIL = 2048
 # Messages and content parts looked at, counted from the end of the conversation.
 MAX_MESSAGES = 64
 MAX_PARTS = 16
+# Agent wrappers (classifier/agent_wrappers.py): both ends of each part peeked at to tell an
+# injected block, the first messages checked for an invented set-up exchange, and the heads of
+# the system prompt and the lead-in turn searched for a side task (a title request).
+WRAPPER_PEEK = 64
+SETUP_WINDOW = 4
+SIDE_TASK_PEEK = 512
 # The most one request can cost, whatever its size: a scan of both ends of the prompt (and the
-# suffix), the current turn, and three context pieces.
-TEXT_BUDGET = 2 * (SCAN_HEAD + SCAN_TAIL) + CURRENT_HEAD + CURRENT_TAIL + 3 * CONTEXT_CHARS
+# suffix), the current turn, three context pieces, and the agent-wrapper peeks.
+TEXT_BUDGET = (
+    2 * (SCAN_HEAD + SCAN_TAIL) + CURRENT_HEAD + CURRENT_TAIL + 3 * CONTEXT_CHARS
+    + 2 * WRAPPER_PEEK * (MAX_PARTS + SETUP_WINDOW) + 2 * SIDE_TASK_PEEK
+)
 
 ELLIPSIS = "\n…\n"
 
