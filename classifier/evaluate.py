@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from classifier.agent_data import expand_line, load_templates
 from classifier.classify import Classifier
 from classifier.errors import InvalidRequestShape
 from models.errors import RouterError
@@ -32,6 +33,7 @@ class EvalItem:
     line: int
     request: Request
     label: Label
+    source: str = ""
 
 
 @dataclass(slots=True)
@@ -60,6 +62,7 @@ def read_eval_file(path: Path, parse: Parse) -> tuple[list[EvalItem], list[tuple
     """Parse an eval file; a line that cannot be read is reported (line number, why), not fatal."""
     items: list[EvalItem] = []
     skipped: list[tuple[int, str]] = []
+    templates: dict | None = None  # agent templates (classifier/agent_data.py), read on first use
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, raw in enumerate(f, start=1):
             if not raw.strip():
@@ -69,6 +72,12 @@ def read_eval_file(path: Path, parse: Parse) -> tuple[list[EvalItem], list[tuple
             except json.JSONDecodeError as exc:
                 skipped.append((number, f"not JSON ({exc.msg} at column {exc.colno})"))
                 continue
+            if isinstance(obj, dict) and isinstance(obj.get("template"), str):
+                templates = load_templates() if templates is None else templates
+                if obj["template"] not in templates or not isinstance(obj.get("prompt"), str):
+                    skipped.append((number, f"unknown agent template {obj['template']!r} or no `prompt`"))
+                    continue
+                obj = expand_line(obj, templates)
             problem = _line_problem(obj)
             if problem:
                 skipped.append((number, problem))
@@ -78,7 +87,7 @@ def read_eval_file(path: Path, parse: Parse) -> tuple[list[EvalItem], list[tuple
             except RouterError as exc:
                 skipped.append((number, f"invalid request: {exc.message}"))
                 continue
-            items.append(EvalItem(number, request, Label(obj["label"])))
+            items.append(EvalItem(number, request, Label(obj["label"]), str(obj.get("source", ""))))
     return items, skipped
 
 
