@@ -4,7 +4,10 @@ the hand-checked relabels and the hand-written rows.  Run once, by hand, when th
     python -m classifier.dataset --shared /work/shared/data
 
 Whole sources are held out for the dev set (DEV_SOURCES) and rendered as real requests in every
-dialect; Dolly (CC-BY-SA-3.0, share-alike) is left out entirely.  See data/SOURCES.md.
+dialect; Dolly (CC-BY-SA-3.0, share-alike) and MT-Bench-101 (reserved for the project's acceptance
+evaluation) are left out entirely.  A harder dev set (data/dev_hard.jsonl, HARD_DEV_SOURCES) holds
+agent requests the real CLIs sent (data/agent_captures.jsonl) and project-authored hard cases
+(data/handwritten_hard.jsonl).  See data/SOURCES.md.
 """
 
 from __future__ import annotations
@@ -29,7 +32,11 @@ DEV_SOURCES = frozenset(
         "humaneval_infilling",
     }
 )
-EXCLUDED_SOURCES = {"dolly_subset": "CC-BY-SA-3.0 (share-alike): not shipped in an MIT project"}
+HARD_DEV_SOURCES = frozenset({"agent_captures_dev", "handwritten_hard_dev"})
+EXCLUDED_SOURCES = {
+    "dolly_subset": "CC-BY-SA-3.0 (share-alike): not shipped in an MIT project",
+    "mt_bench_101": "MT-Bench-101 is reserved for the project's acceptance evaluation (issue 16)",
+}
 # Stored text keeps more than the model reads (text.CURRENT_HEAD/TAIL), so re-reading is lossless.
 STORE_HEAD, STORE_TAIL = 1280, 320
 GENERIC_SYSTEM_PROMPTS = (
@@ -81,8 +88,9 @@ def training_row(row: dict) -> dict:
     return keep
 
 
-def render_messages(row: dict, rng: random.Random) -> list[dict]:
-    """Eval lines for a messages row: both chat dialects, plus the three raw-prompt ones if single-turn."""
+def render_messages(row: dict, rng: random.Random, agent_dialects: bool = False) -> list[dict]:
+    """Eval lines for a messages row: both chat dialects (and the Anthropic and Responses ones if
+    asked), plus the three raw-prompt ones if single-turn."""
     messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
     if rng.random() < 0.3:
         messages = [{"role": "system", "content": rng.choice(GENERIC_SYSTEM_PROMPTS)}] + messages
@@ -91,6 +99,14 @@ def render_messages(row: dict, rng: random.Random) -> list[dict]:
         {"endpoint": "/v1/chat/completions", "body": {"model": "auto", "messages": messages}},
         {"endpoint": "/api/chat", "body": {"model": "auto", "messages": messages, "stream": False}},
     ]
+    if agent_dialects:
+        system = [m["content"] for m in messages if m["role"] == "system"]
+        turns = [m for m in messages if m["role"] != "system"]
+        anthropic = {"model": "claude-sonnet-4-5", "max_tokens": 256, "messages": turns}
+        responses = {"model": "auto", "input": turns}
+        if system:
+            anthropic["system"], responses["instructions"] = system[0], system[0]
+        lines += [{"endpoint": "/v1/messages", "body": anthropic}, {"endpoint": "/v1/responses", "body": responses}]
     users = [m for m in row["messages"] if m["role"] == "user"]
     if len(users) == 1 and len(row["messages"]) == 1:
         prompt = users[0]["content"]
@@ -145,19 +161,83 @@ def build(shared: Path, out: Path = DATA_DIR, seed: int = 0, fim_rows: int = 650
     dev = [line for row in dev_rows for line in render_messages(row, rng)]
     rng.shuffle(fim)
     dev += [render_fim(row, i) for i, row in enumerate(fim[:fim_rows])]
-    with open(out / "train.jsonl", "w", encoding="utf-8") as f:
-        for row in train:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    with open(out / "dev.jsonl", "w", encoding="utf-8") as f:
-        for line in dev:
-            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+    hard = read_jsonl(out / "handwritten_hard.jsonl")
+    captures = read_jsonl(out / "agent_captures.jsonl")
+    train += [training_row(r) for r in hard if r["source"] not in HARD_DEV_SOURCES]
+    train += chained_conversations([r for r in train if len(r["messages"]) == 1], random.Random(seed + 1))
+    train += [agent_row(line) for line in captures if line["source"] not in HARD_DEV_SOURCES]
+    hard_rng = random.Random(seed + 2)
+    dev_hard = [line for row in hard if row["source"] in HARD_DEV_SOURCES
+                for line in render_messages(row, hard_rng, agent_dialects=True)]
+    dev_hard += [agent_line(line) for line in captures if line["source"] in HARD_DEV_SOURCES]
+    _write(out / "train.jsonl", train)
+    _write(out / "dev.jsonl", dev)
+    _write(out / "dev_hard.jsonl", dev_hard)
     return {
         "relabelled": relabelled,
         "train": dict(Counter(r["label"] for r in train)),
         "train_sources": dict(Counter(r["source"] for r in train)),
         "dev": dict(Counter(line["label"] for line in dev)),
         "dev_endpoints": dict(Counter(line["endpoint"] for line in dev)),
+        "dev_hard": dict(Counter(line["label"] for line in dev_hard)),
+        "dev_hard_sources": dict(Counter(line["source"] for line in dev_hard)),
+        "dev_hard_endpoints": dict(Counter(line["endpoint"] for line in dev_hard)),
     }
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def agent_row(line: dict) -> dict:
+    """A training row for an agent capture: its template and prompt (classifier/agent_data.py)."""
+    keep = {k: line[k] for k in ("endpoint", "template", "prompt", "label", "source")}
+    return {"id": f"{line['source']}-{line['template']}-{line['prompt'][:40]}", **keep}
+
+
+def agent_line(line: dict) -> dict:
+    return {k: line[k] for k in ("endpoint", "template", "prompt", "label", "source", "cli")}
+
+
+# Earlier turns for chained conversations: the model must learn that the current turn decides.
+_CODE_FOLLOW_UPS = (
+    "now add error handling", "can you write tests for it?", "make it faster", "translate that to Go",
+    "add type hints", "it fails on an empty input, fix it", "refactor it into smaller functions",
+    "explain line 3", "rewrite it without recursion", "add docstrings",
+)
+_REPLIES_CODE = (
+    "Here is the code:\n```python\ndef solve(items):\n    return sorted(items)\n```",
+    "Sure, here it is:\n```js\nfunction run(input) {\n  return input.map(x => x * 2);\n}\n```",
+    "The bug is on the second line: the index starts at 1 instead of 0.",
+)
+_REPLIES_OTHER = (
+    "Sure! Here are a few ideas you might like.", "Good question. In short: it depends on the season.",
+    "Here is a short overview.", "Of course. Let me know if you want more detail.",
+)
+CHAINED_ROWS = 1500
+
+
+def chained_conversations(single: list[dict], rng: random.Random, n: int = CHAINED_ROWS) -> list[dict]:
+    """Multi-turn training rows built from single-turn ones: an earlier exchange on one topic, then
+    a current turn on another (or a short code follow-up); labelled by the current turn alone."""
+    code = [r for r in single if r["label"] == "code_edit"]
+    other = [r for r in single if r["label"] != "code_edit"]
+    rows = []
+    for i in range(n):
+        first = rng.choice(code if i % 2 == 0 else other)
+        first_code = first["label"] == "code_edit"
+        reply = rng.choice(_REPLIES_CODE if first_code else _REPLIES_OTHER)
+        if first_code and i % 6 == 0:
+            turn, label = rng.choice(_CODE_FOLLOW_UPS), "code_edit"
+        else:
+            last = rng.choice(other if (i // 2) % 2 == 0 else code)
+            turn, label = last["messages"][-1]["content"], "code_edit" if last["label"] == "code_edit" else "chat"
+        messages = first["messages"] + [{"role": "assistant", "content": reply}, {"role": "user", "content": turn}]
+        rows.append({"id": f"chained-{i:04d}", "source": "chained_conversations", "label": label, "messages": messages})
+    return rows
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import sklearn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from classifier.agent_data import expand_line, load_templates
 from classifier.classify import Classifier
 from classifier.dataset import DATA_DIR, GENERIC_SYSTEM_PROMPTS
 from classifier.errors import InvalidRequestShape
@@ -24,7 +25,15 @@ from models.labels import Label
 
 TRAIN_FILE = DATA_DIR / "train.jsonl"
 DEV_FILE = DATA_DIR / "dev.jsonl"
-SYSTEM_PROMPT_RATE = 0.3  # share of rows given a generic system prompt, as real clients often send one
+HARD_DEV_FILE = DATA_DIR / "dev_hard.jsonl"
+SYSTEM_PROMPT_RATE = 0.3
+# Rows written or captured for the ways real users and agents phrase requests weigh more than the
+# templated benchmark rows that dominate by count.
+SOURCE_WEIGHTS = {"handwritten": 4.0, "agent_captures": 4.0}
+
+
+def row_weight(source: str) -> float:
+    return next((w for prefix, w in SOURCE_WEIGHTS.items() if source.startswith(prefix)), 1.0)  # share of rows given a generic system prompt, as real clients often send one
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +48,14 @@ def training_documents(rows: list[dict], seed: int, parse: Parse) -> tuple[list[
     """Each row parsed and read exactly as a live /v1/chat/completions request is, so train == serve."""
     rng = random.Random(seed)
     documents, targets = [], []
+    templates = None
     for row in rows:
+        if "template" in row:  # an agent capture: the body its CLI sent, read through its own dialect
+            templates = load_templates() if templates is None else templates
+            view = read_request(parse(row["endpoint"], expand_line(row, templates)["body"]))
+            documents.append(compose_document(view.current, view.context))
+            targets.append(CODE if row["label"] == Label.code_edit.value else OTHER)
+            continue
         messages = row["messages"]
         if rng.random() < SYSTEM_PROMPT_RATE:
             messages = [{"role": "system", "content": rng.choice(GENERIC_SYSTEM_PROMPTS)}] + messages
@@ -56,8 +72,10 @@ def _read_rows(path: Path) -> list[dict]:
             if not line.strip():
                 continue
             row = json.loads(line)
-            if row.get("label") not in {l.value for l in Label} or not isinstance(row.get("messages"), list):
-                raise InvalidRequestShape(f"line {number}: needs `label` and `messages`", str(path))
+            if row.get("label") not in {l.value for l in Label} or not (
+                isinstance(row.get("messages"), list) or isinstance(row.get("template"), str)
+            ):
+                raise InvalidRequestShape(f"line {number}: needs `label` and `messages` (or an agent `template`)", str(path))
             rows.append(row)
     return rows
 
@@ -93,7 +111,7 @@ def train(
 
         task = bar.add_task("fitting TF-IDF + logistic regression", total=1)
         pipeline = build_pipeline(seed)
-        pipeline.fit(documents, targets)
+        pipeline.fit(documents, targets, logreg__sample_weight=[row_weight(row.get("source", "")) for row in rows])
         bar.update(task, completed=1)
 
         meta = {

@@ -1,8 +1,9 @@
 """The classifier decides exactly as before the one-parse refactor, on a fixed sample of the dev set.
 
 tests/data/dev_decisions.jsonl holds every 5th line of classifier/data/dev.jsonl with the label and
-confidence the classifier gave it when bodies were still read by the classifier itself (commit
-1e44def). Today the same bodies go through the dialect adapters first; the decisions must not move.
+confidence the classifier gave it (first recorded when bodies were still read by the classifier
+itself, commit 1e44def; re-recorded when the artifact was retrained for issue 16). A refactor that
+moves a decision fails here; a retrain re-records the file.
 """
 
 from __future__ import annotations
