@@ -16,6 +16,8 @@ Routers compared (each gets the same bounded view of each request, from classifi
 Both baselines run twice: on text alone (what content routers see) and behind our shape rules
 (isolating the text component). Latency is per request, warm, in-process, batch size 1.
 Writes bench/results/classifier.json; prints a table with per-label F1, p50/p99, speed-up ratios.
+`--sources` writes bench/results/classifier_sources.json instead: our F1 by source (agent captures by
+CLI) on dev.jsonl and the harder dev_hard.jsonl, so a regression shows by source.
 """
 
 from __future__ import annotations
@@ -47,9 +49,10 @@ from classifier.request_view import RequestView, read_request  # noqa: E402
 from models.request import Request  # noqa: E402
 from router.dialects.endpoints import parse_request  # noqa: E402
 from classifier.shape import conversation_label, shape_decision  # noqa: E402
-from classifier.train import DEV_FILE, TRAIN_FILE  # noqa: E402
+from classifier.train import DEV_FILE, HARD_DEV_FILE, TRAIN_FILE  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "classifier.json"
+SOURCES_RESULTS = ROOT / "bench" / "results" / "classifier_sources.json"
 SEED = 0
 WARMUP = 20
 
@@ -162,13 +165,57 @@ def run_router(name: str, predict: Predict, items, console: Console) -> EvalRepo
     return score(truth, predicted, latencies)
 
 
+def per_source(classifier: Classifier, path: Path) -> dict:
+    """Macro-F1 and per-label F1 of our classifier by source (agent captures by CLI) on one dev file."""
+    items, _ = read_eval_file(path, parse_request)
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    groups: dict[str, tuple[list[str], list[str]]] = {}
+    for item in items:
+        line = lines[item.line - 1]
+        key = item.source + (f"/{line['cli']}" if line.get("cli") else "")
+        truth, predicted = groups.setdefault(key, ([], []))
+        truth.append(item.label.value)
+        predicted.append(classifier.classify(item.request).label.value)
+    every = score([t for t, _ in groups.values() for t in t], [p for _, p in groups.values() for p in p], [])
+    table = {"all": {"n": every.n, "macro_f1": every.macro_f1, "f1": {k: v["f1"] for k, v in every.per_label.items()}}}
+    for key, (truth, predicted) in sorted(groups.items()):
+        report = score(truth, predicted, [])
+        table[key] = {"n": report.n, "macro_f1": report.macro_f1, "accuracy": sum(map(str.__eq__, truth, predicted)) / len(truth),
+                      "f1": {k: v["f1"] for k, v in report.per_label.items() if v["support"]}}
+    return table
+
+
+def sources_main(console: Console, out: Path) -> None:
+    """The per-source F1 table of the shipped classifier on both dev sets (no baselines: seconds)."""
+    ours = Classifier.load()
+    result = {"benchmark": "classifier_sources", "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "dev_sets": {}}
+    for path in (DEV_FILE, HARD_DEV_FILE):
+        table = per_source(ours, path)
+        result["dev_sets"][str(path.relative_to(ROOT))] = table
+        view = Table(title=f"ours by source: {path.name}")
+        for column in ("source", "n", "macro-F1", "accuracy", "F1 by label"):
+            view.add_column(column)
+        for key, row in table.items():
+            labels = ", ".join(f"{k} {v:.3f}" for k, v in row["f1"].items())
+            view.add_row(key, str(row["n"]), f"{row['macro_f1']:.4f}", f"{row.get('accuracy', float('nan')):.3f}", labels)
+        console.print(view)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    console.print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="classifier vs keyword heuristic vs embedding router")
+    parser.add_argument("--sources", action="store_true",
+                        help="only the per-source F1 table of our classifier on dev.jsonl and dev_hard.jsonl")
     parser.add_argument("--limit", type=int, default=1000, help="a seeded random sample of N dev requests (0: all)")
     parser.add_argument("--train-limit", type=int, default=1500, help="embedding router: about N training rows (0: all)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     console = Console(width=180)  # the table is wide; do not wrap it when stdout is not a terminal
+    if args.sources:
+        return sources_main(console, SOURCES_RESULTS)
 
     items, skipped = read_eval_file(DEV_FILE, parse_request)
     if args.limit and args.limit < len(items):
