@@ -216,9 +216,14 @@ def report(sets: dict, answers: dict, results: dict, info: dict, args: Any, weig
                                                               for name in answers[data_name]}}
                                  for i, p in enumerate(sets[data_name])] for data_name in sets},
     })
+    plot(results, args.name)
+
+
+def plot(results: dict[str, dict[str, list[bool]]], name: str) -> None:
+    """Pass rates per path and data set (also from a results file: `plot(passed_by_path(json), name)`)."""
     fig, axes = figure(ncols=len(results), width=6.5, height=4.2)
     for ax, (data_name, by_path) in zip(axes[0], results.items()):
-        n = len(sets[data_name])
+        n = len(next(iter(by_path.values())))
         names = list(by_path)
         rates = [sum(by_path[k]) / n for k in names]
         colors = ["tab:blue" if k in (DIRECT, ONE_LINE) else "tab:gray" if k == TRIM_OFF else "tab:green" for k in names]
@@ -229,7 +234,13 @@ def report(sets: dict, answers: dict, results: dict, info: dict, args: Any, weig
         ax.set_xlim(0, 1)
         ax.set_xlabel(f"pass rate ({n} problems)")
         ax.set_title(f"{data_name}: router (green), fim_trim off (gray), direct (blue)", fontsize=9)
-    save_figure(fig, args.name)
+    save_figure(fig, name)
+
+
+def passed_by_path(saved: dict) -> dict[str, dict[str, list[bool]]]:
+    """The pass/fail table of a written results file."""
+    return {data_name: {name: [row[name]["passed"] for row in rows] for name in rows[0] if name != "task_id"}
+            for data_name, rows in saved["problems"].items()}
 
 
 if __name__ == "__main__":
