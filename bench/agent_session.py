@@ -303,8 +303,9 @@ def run(args: argparse.Namespace) -> None:
                 prefill = prompt_seconds(router.url) - before
                 u = answer["usage"]
                 decode = None
-                if answer["ttft"] is not None and answer["last"] and u.get("completion", 0) > 1:
-                    decode = (u["completion"] - 1) / max(answer["last"] - answer["ttft"], 1e-9)
+                # From the first token (end of prefill) to the last event: held-back text comes in bursts.
+                if answer["last"] and u.get("completion", 0) > 1 and answer["last"] > prefill:
+                    decode = (u["completion"] - 1) / (answer["last"] - prefill)
                 # (b) right after (a), so both see the machine alike; its cache then holds turn N + output.
                 new_tokens = len(tokens) - min(len(tokens) - 1, cached_prefix(renderer.llm, tokens)) \
                     if turn > 1 else len(tokens)
