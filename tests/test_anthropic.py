@@ -124,7 +124,8 @@ def test_tool_choice_any_gives_a_valid_tool_use(client, stream):
 
 def test_streamed_tool_use_sends_its_input_as_json_pieces(server):
     events = sse_events(server, {"model": TOOL_MODEL, "max_tokens": 300, "messages": ASK, "tools": TOOLS,
-                                 "tool_choice": {"type": "tool", "name": "get_weather"}, "temperature": 0})
+                                 "tool_choice": {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
+                                 "temperature": 0})
     assert_well_formed(events)
     starts = [d["content_block"] for n, d in events if n == "content_block_start"]
     assert starts[-1]["type"] == "tool_use" and starts[-1]["name"] == "get_weather" and starts[-1]["input"] == {}

@@ -441,13 +441,11 @@ def test_metrics_count_requests_tokens_and_pool(http, oai):
 
 def test_metrics_count_prompt_tokens_evaluated_reused_and_saved_states(http, oai):
     def sample(name: str, **labels: str) -> float:
+        """The sum of the samples `name` with these labels (every other label's values added up)."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        for family in text_string_to_metric_families(http.get("/metrics").text):
-            for s in family.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                    return s.value
-        return 0.0
+        return sum(s.value for family in text_string_to_metric_families(http.get("/metrics").text)
+                   for s in family.samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
     session = [{"role": "user", "content": "a long agent prompt " * 40}]
     other = [{"role": "user", "content": "another client entirely " * 30}]
