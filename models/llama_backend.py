@@ -35,7 +35,7 @@ from models.events import Event, Finish, TextDelta, ToolCallStart, Usage
 from models.fim import FimPrompt, FimTokens, Piece, build_fim_prompt, detect_fim, translate_fim_prompt
 from models.gguf_header import diagnose_gguf, kv_cache_bytes
 from models.grammar import json_output_grammar
-from models.prompt_states import PromptStates, SavedState
+from models.prompt_states import PromptStates, SavedState, common_prefix
 from models.prompt_tokenizer import PromptTokenizer
 from models.request import Request, SamplingParams, text_message
 from models.tool_formats import (
@@ -353,13 +353,8 @@ class LlamaBackend:
 
     def _cached_prefix(self, tokens: list[int]) -> int:
         """Leading tokens of `tokens` the KV cache holds now (at most all but the last)."""
-        import numpy as np
-
         limit = min(self._llm.n_tokens, len(tokens) - 1)
-        if limit <= 0:
-            return 0
-        differ = np.flatnonzero(self._llm.input_ids[:limit] != np.asarray(tokens[:limit]))
-        return int(differ[0]) if differ.size else limit
+        return common_prefix(self._llm.input_ids[:limit], tokens[:limit]) if limit > 0 else 0
 
     def _switch_state(self, tokens: list[int], common: int) -> int:
         """Save the cache before this prompt overwrites much of it, and restore the saved state that
@@ -392,7 +387,7 @@ class LlamaBackend:
         written = llama_cpp.llama_state_seq_get_data(self._ctx, (ctypes.c_uint8 * n).from_buffer(data), n, 0)
         if written != n:
             return
-        state = SavedState(self.model_id, tuple(llm.input_ids[:llm.n_tokens].tolist()), data,
+        state = SavedState(self.model_id, llm.input_ids[:llm.n_tokens].copy(), data,
                            min(self._exact_tokens, llm.n_tokens))
         states.save(state)
 

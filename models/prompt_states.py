@@ -23,13 +23,15 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 @dataclass(eq=False)
 class SavedState:
     """One saved KV cache: the tokens it holds, its bytes, and how many leading tokens are bit-exact."""
 
     model_id: str
-    tokens: tuple[int, ...]
+    tokens: np.ndarray  # the token ids, as llama-cpp-python's input_ids holds them
     data: bytearray
     exact_tokens: int  # leading positions equal to a fresh evaluation of them (models/llama_backend.py)
 
@@ -96,7 +98,7 @@ class PromptStates:
 
     def best(self, model_id: str, tokens: Sequence[int]) -> tuple[SavedState | None, int]:
         """The saved state of `model_id` sharing the longest prefix with `tokens`, and that length."""
-        tokens = tuple(tokens)
+        tokens = np.asarray(tokens)
         with self._lock:
             found, length = None, 0
             for state in self._states.values():
@@ -135,18 +137,14 @@ class PromptStates:
         self._bytes -= self._states.pop(key).n_bytes
 
 
-def common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    """How many leading tokens `a` and `b` share (tuples: slices of the same type compare)."""
+def common_prefix(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) -> int:
+    """How many leading tokens `a` and `b` share (vectorised: agents' prompts share tens of thousands)."""
     n = min(len(a), len(b))
-    i = 0
-    # Compare in blocks first: agents' prompts share tens of thousands of tokens.
-    step = 1024
-    while i + step <= n and a[i:i + step] == b[i:i + step]:
-        i += step
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    if n == 0:
+        return 0
+    differ = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(differ[0]) if differ.size else n
 
 
-def _is_prefix(short: tuple[int, ...], long: tuple[int, ...]) -> bool:
+def _is_prefix(short: np.ndarray, long: np.ndarray) -> bool:
     return len(short) <= len(long) and common_prefix(short, long) == len(short)

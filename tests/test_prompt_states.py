@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 
 from models.backend import BackendOptions
@@ -53,7 +54,7 @@ def backend(tiny_gguf, states):
 
 
 def state(tokens, n_bytes: int, model_id: str = "m") -> SavedState:
-    return SavedState(model_id, tuple(tokens), bytearray(n_bytes), 0)
+    return SavedState(model_id, np.array(tokens), bytearray(n_bytes), 0)
 
 
 # --------------------------------------------------------------------------- bookkeeping
@@ -93,7 +94,7 @@ def test_least_recently_used_states_go_first_and_oversized_ones_are_never_kept()
     assert states.used_bytes <= 150 and states.counters.evicted == 3
 
 
-def test_common_prefix_counts_across_its_block_steps():
+def test_common_prefix_counts_to_the_first_difference():
     a = tuple(range(5000))
     assert common_prefix(a, a) == 5000
     assert common_prefix(a, a[:3000] + (-1,) + a[3001:]) == 3000
@@ -153,7 +154,7 @@ def test_a_corrupt_saved_state_is_dropped_and_never_served(backend, states, tiny
         fresh.close()
     run(backend, SESSION)
     run(backend, OTHER)
-    (saved,) = [s for s in states._states.values() if s.tokens[:10] == tuple(backend._prepare(SESSION).tokens[:10])]
+    (saved,) = [s for s in states._states.values() if list(s.tokens[:10]) == backend._prepare(SESSION).tokens[:10]]
     if damage == "truncated":
         del saved.data[len(saved.data) // 2:]
     else:
